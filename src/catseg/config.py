@@ -1,0 +1,118 @@
+"""Training settings: one dataclass with a documented default on every field, validated once.
+
+Kept free of torch so that `catseg --help` and config checks are instant.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from catseg.errors import CatsegError
+
+AUGMENT_LEVELS = ("none", "light", "strong")
+LOSSES = ("dice", "ce", "dice+ce")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+UPSAMPLE = ("transpose", "bilinear")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything `catseg train` needs; each field is also a `--flag` of the CLI."""
+
+    dataset: str = _f("", "dataset folder (images/, masks/, dataset.json)", positional=True)
+    out: str = _f("", "run folder to create (weights, config.json, metrics.csv, curves.png)", required=True)
+    model: str = _f("unet", "model name; `catseg models` lists them")
+    width: int = _f(32, "unet: channels of the first level (doubles at each level down)")
+    depth: int = _f(4, "unet: number of down-sampling levels")
+    upsample: str = _f("transpose", "unet: 'transpose' (learned) or 'bilinear' up-sampling")
+    encoder: str = _f("resnet34", "smp-* models: encoder name (e.g. resnet18, resnet34, efficientnet-b0)")
+    encoder_weights: str = _f("none", "smp-* models: 'none', 'imagenet' (downloads when online) or a local .pth/.safetensors file")
+    size: int = _f(256, "training input side in pixels: images are resized to SIZE x SIZE")
+    augment: str = _f("light", "joint image/mask augmentation: none, light or strong")
+    loss: str = _f("dice+ce", "dice (the course's), ce (cross-entropy; BCE for two classes) or dice+ce")
+    class_weights: str = _f("none", "cross-entropy class weights: none, auto (inverse sqrt frequency) or comma list")
+    epochs: int = _f(20, "number of passes over the training images (ignored with --time-budget)")
+    time_budget: str = _f("", "train for this long instead of --epochs, e.g. 90s, 10m, 1h; the schedule fits the budget")
+    batch_size: int = _f(8, "images per optimisation step")
+    lr: float = _f(1e-3, "peak AdamW learning rate")
+    weight_decay: float = _f(1e-4, "AdamW weight decay")
+    warmup: float = _f(0.05, "fraction of all steps spent warming the learning rate up linearly")
+    val_fraction: float = _f(0.2, "fraction of images held out for validation when the dataset names no val split")
+    train_split: str = _f("", "named split of dataset.json to train on (default: 'train', else all but val/test)")
+    val_split: str = _f("", "named split of dataset.json to validate on (default: 'val', else a seeded split)")
+    seed: int = _f(0, "random seed for the split, initialisation, augmentation and order")
+    device: str = _f("auto", "auto (CUDA when present), cpu or cuda")
+    precision: str = _f("auto", "auto (bf16 where the hardware supports it), fp32, bf16 or fp16 (CUDA)")
+    workers: int = _f(-1, "data-loading worker processes; -1 picks for this machine")
+    resume: bool = _f(False, "continue an interrupted run in OUT (optimizer, schedule, epoch, RNG)")
+    force: bool = _f(False, "replace an existing run folder OUT")
+
+    def validate(self) -> TrainConfig:
+        """Return self if every value is allowed; else raise one CatsegError listing all problems."""
+        problems = []
+        if not self.dataset:
+            problems.append("dataset: give the dataset folder")
+        if not self.out:
+            problems.append("--out: give the run folder to write")
+        for name, allowed in (("augment", AUGMENT_LEVELS), ("loss", LOSSES), ("device", DEVICES),
+                              ("precision", PRECISIONS), ("upsample", UPSAMPLE)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        for name, low in (("width", 1), ("depth", 1), ("size", 16), ("epochs", 1), ("batch_size", 1)):
+            if getattr(self, name) < low:
+                problems.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least {low}")
+        if self.depth > 7:
+            problems.append(f"--depth {self.depth}: at most 7 levels")
+        if not self.lr > 0:
+            problems.append(f"--lr {self.lr}: must be positive")
+        if not 0 <= self.warmup < 1:
+            problems.append(f"--warmup {self.warmup}: a fraction in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"--val-fraction {self.val_fraction}: a fraction between 0 and 1")
+        if self.time_budget:
+            try:
+                parse_duration(self.time_budget)
+            except ValueError as exc:
+                problems.append(f"--time-budget: {exc}")
+        if self.class_weights not in ("none", "auto"):
+            try:
+                [float(v) for v in self.class_weights.split(",")]
+            except ValueError:
+                problems.append(f"--class-weights {self.class_weights!r}: none, auto, or numbers like 1,3")
+        if problems:
+            raise CatsegError("invalid training settings", problems)
+        return self
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return parse_duration(self.time_budget) if self.time_budget else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+def parse_duration(text: str) -> float:
+    """Return seconds for '90', '90s', '10m', '1.5h' or '1h30m'."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration; write it like 90s, 10m or 1h30m")
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    seconds = sum(float(n) * scale[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds

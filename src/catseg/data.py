@@ -33,7 +33,7 @@ IGNORE_INDEX = 255
 DATASET_JSON = "dataset.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # What PIL calls a format -> the extension a copied file gets, so a PNG named .jpg is stored as .png.
-_FORMAT_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "GIF": ".gif"}
+_FORMAT_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "GIF": ".gif"}
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:

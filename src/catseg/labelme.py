@@ -1,0 +1,489 @@
+"""labelme JSON -> class-index masks, pixel for pixel what labelme's own labelme2voc writes.
+
+Shapes are drawn with Pillow on a zero image in JSON order, the last shape winning, with the same
+Pillow calls as labelme.utils.shape_to_mask, so float coordinates, boundaries and out-of-bounds
+points come out exactly as in labelme. This module imports neither labelme nor torch.
+
+labels.txt follows labelme's convention: `__ignore__` (optional, first), `_background_` (id 0),
+then one class per line (ids 1..n). `__ignore__` shapes write 255, `_background_` shapes write 0.
+In dataset.json, class 0 is called "background".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from catseg.data import (
+    DatasetWriter,
+    dataset_json,
+    image_bytes_for_dataset,
+    iter_files,
+    mask_png_bytes,
+    open_image,
+    provenance,
+    to_rgb_array,
+    voc_colormap,
+)
+from catseg.errors import CatsegError
+
+log = logging.getLogger(__name__)
+
+IGNORE_LABEL = "__ignore__"
+BACKGROUND_LABEL = "_background_"
+IGNORE_ID = 255
+# Number of points each shape type needs: exact, or (at least, None).
+_POINT_COUNTS: dict[str, tuple[int, int | None]] = {
+    "polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2), "line": (2, 2), "linestrip": (2, None),
+    "point": (1, 1), "oriented_rectangle": (4, 4), "mask": (2, 2),
+}
+LINE_WIDTH = 10  # labelme's shape_to_mask defaults
+POINT_RADIUS = 5
+# Formats whose Pillow reader has `_getexif`, the only ones labelme rotates by their EXIF orientation.
+_LABELME_EXIF_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
+_ORIENTATION_TAG = 0x0112
+
+
+class _Invalid(ValueError):
+    """One file's problem, worded as `reason; fix` (a ValueError where public functions raise it)."""
+
+
+@dataclass
+class ConvertReport:
+    """What `convert_labelme` did: where the dataset is, its classes, what was converted and skipped."""
+
+    out_dir: Path
+    classes: list[str]
+    converted: list[str] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    label_to_id: dict[str, int] = field(default_factory=dict)
+    viz_dir: Path | None = None
+
+    def summary(self) -> str:
+        """Return the multi-line text the CLI prints."""
+        lines = [f"converted {len(self.converted)} labelme file(s)"]
+        lines.append("classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(self.classes))
+                     + f"; {IGNORE_ID} = ignore ({IGNORE_LABEL})")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} invalid file(s):")
+            lines += [f"  - {path}: {reason}" for path, reason in self.skipped]
+        if self.viz_dir is not None:
+            lines.append(f"overlays to check by eye: {self.viz_dir}")
+        lines.append(f"dataset: {self.out_dir}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Source:
+    """One labelme file as read in the validation pass (without its embedded image)."""
+
+    path: Path
+    stem: str
+    doc: dict[str, Any]
+    embedded: bool = False
+    image_name: str = ""
+    size: tuple[int, int] = (0, 0)  # (height, width) of the grid labelme drew on
+    keep_raw: bool = False  # store the unrotated pixels (see _image_grid)
+    problem: str | None = None  # why it cannot be converted; None when valid
+
+
+# ----------------------------------------------------------------------------- rasterisation
+def shape_to_mask(shape: dict[str, Any], height: int, width: int) -> np.ndarray:
+    """Return the (H, W) bool mask of one labelme shape, drawn as labelme.utils.shape_to_mask does.
+
+    `shape` is a shape object of a labelme JSON; a `mask` shape holds a base64 PNG (or a 2-D array)
+    placed at its box as labelme's shapes_to_label places it.
+    """
+    problem = _geometry_problem(shape)
+    if problem is not None:
+        raise ValueError(f"shape {problem}")
+    shape_type = shape.get("shape_type") or "polygon"
+    if shape_type == "mask":
+        return _patch_to_mask(shape, height, width)
+    canvas = Image.fromarray(np.zeros((height, width), dtype=np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    xy = [tuple(point) for point in shape["points"]]
+    if shape_type == "circle":
+        (cx, cy), (px, py) = xy
+        d = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)
+        draw.ellipse(((cx - d, cy - d), (cx + d, cy + d)), outline=1, fill=1)
+    elif shape_type == "rectangle":
+        (x0, y0), (x1, y1) = xy
+        draw.rectangle(((min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1))), outline=1, fill=1)
+    elif shape_type in ("line", "linestrip"):
+        # labelme draws both with a plain wide line (no rounded joints).
+        draw.line(xy=xy, fill=1, width=LINE_WIDTH)
+    elif shape_type == "point":
+        (cx, cy), r = xy[0], POINT_RADIUS
+        draw.ellipse(((cx - r, cy - r), (cx + r, cy + r)), outline=1, fill=1)
+    else:  # polygon, oriented_rectangle
+        draw.polygon(xy=xy, outline=1, fill=1)
+    return np.array(canvas, dtype=bool)
+
+
+def shapes_to_mask(shapes: list[dict[str, Any]], height: int, width: int, label_to_id: dict[str, int]) -> np.ndarray:
+    """Return the (H, W) uint8 class-id mask of labelme shapes, drawn in order (the last one wins)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for shape in shapes:
+        label = shape["label"]
+        if label not in label_to_id:
+            raise ValueError(f"label {label!r} has no id in label_to_id")
+        value = label_to_id[label]
+        if not 0 <= value <= 255:
+            raise ValueError(f"label {label!r} has id {value}; ids must be 0-255")
+        mask[shape_to_mask(shape, height, width)] = value
+    return mask
+
+
+def _decode_patch(patch: Any) -> np.ndarray:
+    """Return a mask shape's patch as a bool array, decoded as labelme decodes it."""
+    if isinstance(patch, np.ndarray):
+        return patch.astype(bool)
+    try:
+        image = open_image(base64.b64decode(patch), "mask patch")
+    except (binascii.Error, ValueError, CatsegError) as exc:
+        raise _Invalid("its 'mask' is not a base64-encoded PNG; redraw the mask in labelme") from exc
+    return np.array(image).astype(bool)
+
+
+def _patch_to_mask(shape: dict[str, Any], height: int, width: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    (x1, y1), (x2, y2) = np.asarray(shape["points"]).astype(int)
+    mask[y1 : y2 + 1, x1 : x2 + 1] = _decode_patch(shape["mask"])
+    return mask
+
+
+def _patch_problem(shape: dict[str, Any], height: int, width: int) -> str | None:
+    """Return why a mask shape's patch does not fit its box in the image, or None if it does."""
+    (x1, y1), (x2, y2) = np.asarray(shape["points"]).astype(int)
+    box = (len(range(*slice(y1, y2 + 1).indices(height))), len(range(*slice(x1, x2 + 1).indices(width))))
+    try:
+        patch = _decode_patch(shape["mask"])
+    except _Invalid as exc:
+        return str(exc)
+    try:
+        fits = patch.ndim <= 2 and np.broadcast_shapes(patch.shape, box) == box
+    except ValueError:
+        fits = False
+    return None if fits else (f"its {patch.shape} mask patch does not fit its box {box} (height, width) "
+                              f"inside the {height}x{width} image; redraw the mask in labelme")
+
+
+# ----------------------------------------------------------------------------- labels
+def read_labels_file(path: Path) -> dict[str, int]:
+    """Return {label: id} from a labelme labels.txt (`__ignore__`, `_background_`, then classes)."""
+    try:
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatsegError(f"{path}: cannot read the labels file ({exc}).") from exc
+    names = [n for n in names if n]
+    if names[:1] == [IGNORE_LABEL]:
+        names = names[1:]
+    problems = []
+    if names[:1] != [BACKGROUND_LABEL]:
+        problems.append(f"the first class must be {BACKGROUND_LABEL} (id 0), after an optional {IGNORE_LABEL} line")
+    for reserved in (IGNORE_LABEL, BACKGROUND_LABEL, "background"):
+        if reserved in names[1:]:
+            problems.append(f"{reserved!r} cannot be a class name here; remove that line")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"listed more than once: {', '.join(duplicates)}")
+    if len(names) > IGNORE_ID:
+        problems.append(f"{len(names)} classes; at most {IGNORE_ID} fit in a mask beside the ignore value")
+    if problems:
+        raise CatsegError(f"{path}: not a labelme labels file ({IGNORE_LABEL}, {BACKGROUND_LABEL}, "
+                          "then one class per line)", problems)
+    return {**{name: i for i, name in enumerate(names)}, IGNORE_LABEL: IGNORE_ID}
+
+
+def _labels_from_sources(sources: list[_Source]) -> dict[str, int]:
+    """Return {label: id} for every label in the folder: background 0, the rest sorted from 1."""
+    found = {s.get("label") for src in sources for s in src.doc.get("shapes") or [] if isinstance(s, dict)}
+    # "background" is left out so files using it get a clear per-file problem instead of a clash.
+    special = (IGNORE_LABEL, BACKGROUND_LABEL, "background")
+    names = sorted(n for n in found if isinstance(n, str) and n and n not in special)
+    if len(names) >= IGNORE_ID:
+        raise CatsegError(f"{len(names)} labels found; at most {IGNORE_ID - 1} classes fit beside background and "
+                          f"ignore. Merge labels, or list the ones to keep in a labels file (--labels).")
+    return {BACKGROUND_LABEL: 0, **{n: i for i, n in enumerate(names, start=1)}, IGNORE_LABEL: IGNORE_ID}
+
+
+def _class_names(label_to_id: dict[str, int]) -> list[str]:
+    by_id = {i: n for n, i in label_to_id.items() if i != IGNORE_ID}
+    return ["background" if by_id[i] == BACKGROUND_LABEL else by_id[i] for i in range(len(by_id))]
+
+
+# ----------------------------------------------------------------------------- reading and checking
+def _read_doc(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _Invalid(f"not valid JSON ({exc}); re-save it in labelme") from exc
+    except OSError as exc:
+        raise _Invalid(f"cannot read it ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
+        raise _Invalid("not a labelme file (no 'shapes' list); move it out of the folder")
+    return doc
+
+
+def _shape_problem(shape: Any) -> str | None:
+    """Return what is wrong with one shape object (not its label's id), or None."""
+    if not isinstance(shape, dict):
+        return "is not an object"
+    label = shape.get("label")
+    if not isinstance(label, str) or not label:
+        return f"has label {label!r}; give it a non-empty name"
+    problem = _geometry_problem(shape)
+    return None if problem is None else f"({label!r}) {problem}"
+
+
+def _geometry_problem(shape: dict[str, Any]) -> str | None:
+    points, shape_type = shape.get("points"), shape.get("shape_type") or "polygon"
+    if shape_type not in _POINT_COUNTS:
+        return f"has unknown shape_type {shape_type!r}; catseg reads {', '.join(_POINT_COUNTS)}"
+    if not isinstance(points, list) or not all(
+        isinstance(p, (list, tuple)) and len(p) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+        for p in points
+    ):
+        return f"is a {shape_type} whose points are not a list of [x, y] numbers; redraw it"
+    low, high = _POINT_COUNTS[shape_type]
+    if len(points) < low or (high is not None and len(points) > high):
+        need = f"exactly {low}" if low == high else f"at least {low}"
+        return f"is a {shape_type} with {len(points)} point(s); it needs {need}. Redraw or delete it"
+    if shape_type == "mask" and not isinstance(shape.get("mask"), (str, np.ndarray)):
+        return "is a mask shape without a base64 'mask' PNG; redraw it in labelme"
+    return None
+
+
+def _shapes_problems(shapes: list[Any], label_to_id: dict[str, int]) -> list[str]:
+    problems = [f"shape {i} {p}" for i, s in enumerate(shapes) if (p := _shape_problem(s)) is not None]
+    labels = {s.get("label") for s in shapes if isinstance(s, dict) and isinstance(s.get("label"), str)}
+    unknown = sorted(n for n in labels - set(label_to_id) if n)
+    if "background" in unknown:
+        problems.append(f"label 'background' is reserved for class 0; use {BACKGROUND_LABEL} to paint background "
+                        "or rename it")
+        unknown.remove("background")
+    if unknown:
+        problems.append(f"labels {', '.join(map(repr, unknown))} are not in the labels file; add them to it "
+                        "or rename the shapes")
+    return problems
+
+
+def _image_bytes(path: Path, doc: dict[str, Any]) -> tuple[bytes, str, bool]:
+    """Return (bytes, name, embedded): the file at imagePath, else the JSON's embedded imageData."""
+    image_path = doc.get("imagePath")
+    candidate = None
+    if isinstance(image_path, str) and image_path:
+        candidate = path.parent / PureWindowsPath(image_path).as_posix()  # labelme on Windows writes "\\"
+    if candidate is not None and candidate.is_file():
+        try:
+            return candidate.read_bytes(), str(candidate), False
+        except OSError as exc:
+            raise _Invalid(f"cannot read its image {candidate} ({exc})") from exc
+    if isinstance(doc.get("imageData"), str) and doc["imageData"]:
+        try:
+            return base64.b64decode(doc["imageData"]), f"{path} imageData", True
+        except (binascii.Error, ValueError) as exc:
+            raise _Invalid("its imageData is not valid base64; re-save it in labelme") from exc
+    where = f"image {candidate} not found" if candidate is not None else "no imagePath"
+    raise _Invalid(f"{where} and no imageData embedded; put the image there (imagePath is relative to the "
+                   "JSON file) or save the JSON with image data in labelme")
+
+
+def _image_grid(data: bytes, name: str, embedded: bool) -> tuple[tuple[int, int], bool]:
+    """Return ((height, width) of the pixels labelme annotated, keep_raw).
+
+    labelme rotates an image file by its EXIF orientation only for JPEG/PNG/WebP, and never rotates
+    embedded imageData. keep_raw is True when a reader that honours the tag (catseg's loader) would
+    rotate pixels that labelme did not, so the raw pixels must be stored without the tag.
+    """
+    try:
+        image = open_image(data, name)
+    except CatsegError as exc:
+        raise _Invalid(str(exc)) from exc
+    orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    if orientation not in range(2, 9):
+        return (image.height, image.width), False
+    if embedded or image.format not in _LABELME_EXIF_FORMATS:
+        return (image.height, image.width), True
+    return ((image.width, image.height) if orientation in (5, 6, 7, 8) else (image.height, image.width)), False
+
+
+def _check_source(source: _Source, label_to_id: dict[str, int]) -> None:
+    """Check one labelme file completely (shapes, labels, image, size); raise _Invalid naming all problems."""
+    shapes = source.doc["shapes"]
+    problems = _shapes_problems(shapes, label_to_id)
+    try:
+        data, source.image_name, source.embedded = _image_bytes(source.path, source.doc)
+        source.size, source.keep_raw = _image_grid(data, source.image_name, source.embedded)
+    except _Invalid as exc:
+        problems.append(str(exc))
+    else:
+        problems += _size_problems(source)
+        if not problems:
+            problems += [f"shape {i} {p}" for i, s in enumerate(shapes)
+                         if (s.get("shape_type") == "mask") and (p := _patch_problem(s, *source.size))]
+    source.doc.pop("imageData", None)  # the validation pass keeps no image in memory
+    if problems:
+        raise _Invalid("; ".join(problems))
+
+
+def _size_problems(source: _Source) -> list[str]:
+    height, width = source.size
+    declared = (source.doc.get("imageHeight"), source.doc.get("imageWidth"))
+    if all(v is None for v in declared) or declared == (height, width):
+        return []
+    return [f"imageHeight x imageWidth is {declared[0]} x {declared[1]} but the image {source.image_name} is "
+            f"{height} x {width} (after EXIF orientation); annotate the right image, or open and re-save in labelme"]
+
+
+def _find_sources(src_dir: Path, out_dir: Path) -> list[_Source]:
+    """Return every labelme file under src_dir (out_dir excluded); unreadable ones and duplicate stems
+    carry their problem."""
+    out = out_dir.resolve()
+    paths = [p for p in iter_files(src_dir, ".json") if out != p.resolve() and out not in p.resolve().parents]
+    if not paths:
+        raise CatsegError(f"{src_dir}: no labelme .json files found (searched recursively). "
+                          "Point convert at the folder you saved the annotations in.")
+    by_stem: dict[str, list[Path]] = {}
+    for path in paths:
+        by_stem.setdefault(path.stem, []).append(path)
+    sources = []
+    for path in paths:
+        source = _Source(path, path.stem, {"shapes": []})
+        try:
+            source.doc = _read_doc(path)
+        except _Invalid as exc:
+            source.problem = str(exc)
+        others = [str(p) for p in by_stem[path.stem] if p != path]
+        if others and source.problem is None:
+            source.problem = (f"stem {path.stem!r} is also used by {', '.join(others)}; rename one of them "
+                              "(each becomes images/<stem> and masks/<stem>.png)")
+        sources.append(source)
+    return sources
+
+
+# ----------------------------------------------------------------------------- writing
+def _stored_image(data: bytes, name: str, keep_raw: bool) -> tuple[bytes, str]:
+    """Return (bytes, extension) for images/: the original bytes when possible, else a lossless PNG."""
+    if not keep_raw:
+        return image_bytes_for_dataset(data, name)
+    image = open_image(data, name)
+    if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"):
+        image = image.convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # Pillow writes EXIF to a PNG only when asked, so no orientation tag
+    return buf.getvalue(), ".png"
+
+
+def _overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Return the (H, W, 3) uint8 photo with every labelled (non-zero) pixel blended with its VOC colour."""
+    colors = voc_colormap(256)[mask].astype(np.float32)
+    out = image.astype(np.float32)
+    labelled = mask != 0
+    out[labelled] = (1.0 - alpha) * out[labelled] + alpha * colors[labelled]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _write_source(writer: DatasetWriter, source: _Source, label_to_id: dict[str, int], viz: bool) -> None:
+    try:
+        doc = _read_doc(source.path) if source.embedded else source.doc
+        data, name, _ = _image_bytes(source.path, doc)
+    except _Invalid as exc:  # it was fine when checked
+        raise CatsegError(f"{source.path}: changed during the conversion ({exc}); run it again.") from exc
+    stored, ext = _stored_image(data, name, source.keep_raw)
+    mask = shapes_to_mask(source.doc["shapes"], *source.size, label_to_id)
+    writer.write_image(source.stem, stored, ext)
+    writer.write_file(f"masks/{source.stem}.png", mask_png_bytes(mask))
+    if viz or _loader_size(stored) != source.size:
+        rgb = to_rgb_array(open_image(stored, name))
+        if rgb.shape[:2] != source.size:  # the file changed since it was checked
+            raise CatsegError(f"{source.path}: its image {name} changed during the conversion; run it again.")
+        if viz:
+            buf = io.BytesIO()
+            Image.fromarray(_overlay(rgb, mask)).save(buf, format="JPEG", quality=90)
+            writer.write_file(f"viz/{source.stem}.jpg", buf.getvalue())
+
+
+def _loader_size(stored: bytes) -> tuple[int, int]:
+    """Return (height, width) catseg's loader will see for stored image bytes, without decoding pixels."""
+    with Image.open(io.BytesIO(stored)) as image:
+        swap = image.getexif().get(_ORIENTATION_TAG, 1) in (5, 6, 7, 8)
+        return (image.width, image.height) if swap else (image.height, image.width)
+
+
+def _command(src_dir: Path, out_dir: Path, labels_file: Path | None, skip_invalid: bool, viz: bool) -> str:
+    parts = ["catseg convert", str(src_dir), str(out_dir)]
+    parts += [f"--labels {labels_file}"] if labels_file is not None else []
+    parts += ["--skip-invalid"] if skip_invalid else []
+    parts += ["--viz"] if viz else []
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- the stage
+def convert_labelme(
+    src_dir: Path,
+    out_dir: Path,
+    labels_file: Path | None = None,
+    force: bool = False,
+    skip_invalid: bool = False,
+    viz: bool = False,
+) -> ConvertReport:
+    """Return the report of turning a folder of labelme JSON files (recursive) into a dataset folder.
+
+    Every file is checked before anything is written; invalid files are all reported in one
+    CatsegError, or with skip_invalid converted around and listed in the report. OUT_DIR must not
+    exist unless force; it appears complete or not at all. The source folder is only read.
+    """
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if not src_dir.is_dir():
+        raise CatsegError(f"{src_dir}: no such folder. Give the folder that holds the labelme .json files.")
+    writer = DatasetWriter(out_dir, force=force)  # refuses an existing OUT_DIR before any slow work
+    label_to_id = read_labels_file(labels_file) if labels_file is not None else None
+    sources = _find_sources(src_dir, out_dir)
+    if label_to_id is None:
+        label_to_id = _labels_from_sources(sources)  # unreadable files add nothing
+    classes = _class_names(label_to_id)
+    log.info("label ids: %s", ", ".join(f"{i} {n}" for i, n in enumerate(classes)) + f", {IGNORE_ID} ignore")
+    for source in sources:
+        if source.problem is None:
+            try:
+                _check_source(source, label_to_id)
+            except _Invalid as exc:
+                source.problem = str(exc)
+    valid = [s for s in sources if s.problem is None]
+    skipped = [(s.path, s.problem) for s in sources if s.problem is not None]
+    _raise_if_invalid(src_dir, len(sources), skipped, skip_invalid and bool(valid))
+    report = ConvertReport(out_dir, classes, [s.stem for s in valid], skipped, label_to_id,
+                           out_dir / "viz" if viz else None)
+    with writer:
+        for source in valid:
+            _write_source(writer, source, label_to_id, viz)
+        source_info = provenance(_command(src_dir, out_dir, labels_file, skip_invalid, viz), src_dir,
+                                 labels_file=str(Path(labels_file).resolve()) if labels_file else None,
+                                 files=len(valid), skipped=[str(p) for p, _ in skipped])
+        writer.write_dataset_json(dataset_json(classes, source=source_info))
+    log.info("converted %d labelme file(s) into %s", len(valid), out_dir)
+    return report
+
+
+def _raise_if_invalid(src_dir: Path, total: int, skipped: list[tuple[Path, str]], may_skip: bool) -> None:
+    if not skipped or may_skip:
+        return
+    if len(skipped) == total:
+        message = f"{src_dir}: none of the {total} labelme file(s) can be converted; nothing was written."
+    else:
+        message = (f"{src_dir}: {len(skipped)} of {total} labelme file(s) cannot be converted; nothing was "
+                   "written. Fix them, or pass --skip-invalid to convert the rest.")
+    raise CatsegError(message, [f"{path}: {reason}" for path, reason in skipped])

@@ -58,7 +58,7 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--masks", default="masks", help="masks: masks subfolder of SRC")
     p.add_argument("--colors", type=Path, default=None,
                    help="masks: file mapping RGB colours to class names, one 'name r g b' per line")
-    p.add_argument("--classes", default=None, help="masks: comma-separated class names for class-id masks")
+    p.add_argument("--classes", default=None, help="masks, voc: comma-separated class names for class-id masks (id order)")
     p.add_argument("--download", action="store_true",
                    help="oxford-pets: download the official release into SRC first (checksums verified, resumable)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")

@@ -293,7 +293,7 @@ def image_bytes_for_dataset(data: bytes, name: str) -> tuple[bytes, str]:
     """
     image = open_image(data, name)
     orientation = image.getexif().get(0x0112, 1)
-    if orientation in (None, 1):
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):  # 1, missing, or invalid (0 occurs in the wild): nothing to do
         fmt = image.format or "PNG"
         ext = _FORMAT_EXTENSIONS.get(fmt)
         if ext is not None:

@@ -1,0 +1,124 @@
+"""evaluate(run, dataset) -> scores at each image's original size, written as summary.json."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from catseg.data import atomic_write_bytes, atomic_write_json, read_dataset, read_image, read_mask
+from catseg.errors import CatsegError
+from catseg.metrics import CalibrationAccumulator, MetricAccumulator
+from catseg.predict import Predictor
+from catseg.run import read_run_config, read_splits
+
+log = logging.getLogger(__name__)
+
+
+def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[str, list[str]]:
+    info = read_dataset(dataset_dir)
+    available = set(info.stems())
+    if split:
+        if split in info.splits:
+            stems = list(info.splits[split])
+        elif split in ("val", "train") and read_splits(run_dir).get(split):
+            stems = read_splits(run_dir)[split]
+        else:
+            names = sorted(set(info.splits) | ({"train", "val"} if read_splits(run_dir) else set()))
+            raise CatsegError(f"--split {split!r}: not a split of {dataset_dir} or of the run; "
+                              f"choose from {', '.join(names) or 'none (omit --split)'}")
+        missing = [s for s in stems if s not in available]
+        if missing:
+            raise CatsegError(f"--split {split}: {len(missing)} stems have no image/mask pair in {dataset_dir} "
+                              f"(first: {missing[:5]})")
+        return split, stems
+    config = read_run_config(run_dir)
+    if config.dataset and Path(config.dataset).resolve() == dataset_dir.resolve() and read_splits(run_dir).get("val"):
+        # Scoring the training images would flatter the model: default to what it never trained on.
+        return "val", read_splits(run_dir)["val"]
+    return "all", sorted(available)
+
+
+def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = None, out_dir: str | Path | None = None,
+             threshold: float | None = None, device: str = "auto", force: bool = False,
+             predictor: Predictor | None = None) -> dict[str, Any]:
+    """Return the scores of a run on a dataset (see the README's summary.json) and write them to out_dir."""
+    run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
+    split_name, stems = _choose_stems(run_dir, dataset_dir, split)
+    if not stems:
+        raise CatsegError(f"{dataset_dir}: no images to evaluate in split {split_name!r}")
+    out = Path(out_dir) if out_dir else run_dir / f"eval-{dataset_dir.name}-{split_name}"
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise CatsegError(f"{out}: already exists. Pass --out elsewhere or --force to replace it.")
+        shutil.rmtree(out)
+    info = read_dataset(dataset_dir)
+    predictor = predictor or Predictor.from_run(run_dir, device=device)
+    if info.classes != predictor.classes:
+        raise CatsegError(f"{dataset_dir}: classes {info.classes} differ from the run's {predictor.classes}; "
+                          "evaluate on a dataset with the same classes.")
+    metrics = MetricAccumulator(info.num_classes, info.classes, info.ignore_index)
+    calibration = CalibrationAccumulator()
+    for i, stem in enumerate(stems):
+        image, mask = read_image(info.image_path(stem)), read_mask(info.mask_path(stem))
+        if image.shape[:2] != mask.shape:
+            raise CatsegError(f"{info.image_path(stem)}: image and mask sizes differ. Run `catseg check {dataset_dir}`.")
+        probs = predictor.predict_proba(image)
+        pred = predictor.labels_from_proba(probs, threshold)
+        metrics.update(pred, mask, name=stem)
+        calibration.update(probs, _tensor(mask), info.ignore_index)
+        if (i + 1) % 50 == 0:
+            log.info("evaluated %d/%d", i + 1, len(stems))
+    summary = metrics.summary()
+    used = threshold if threshold is not None else predictor.config.threshold
+    summary.update({"run": str(run_dir), "dataset_dir": str(dataset_dir), "split": split_name,
+                    "threshold": used if info.num_classes == 2 else None, "ece": _clean(calibration.ece())})
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    _write_rows(out / "per_image.csv", metrics.per_image_rows())
+    summary["out_dir"] = str(out)
+    return summary
+
+
+def _tensor(mask: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(mask.astype("int64"))
+
+
+def _clean(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Return a readable table of a summary: per-class IoU and Dice, both reductions."""
+    def f(v: Any) -> str:
+        return "   n/a" if v is None else f"{v:6.4f}"
+
+    lines = [f"{summary['num_images']} images ({summary['split']}) of {summary['dataset_dir']}",
+             f"{'class':20s} {'IoU':>7s} {'Dice':>7s}   {'IoU/img':>7s} {'Dice/img':>8s}"]
+    for name in summary["classes"]:
+        d, p = summary["dataset"]["per_class"][name], summary["per_image"]["per_class"][name]
+        lines.append(f"{name:20s} {f(d['iou']):>7s} {f(d['dice']):>7s}   {f(p['iou']):>7s} {f(p['dice']):>8s}")
+    lines.append(f"{'mean':20s} {f(summary['dataset']['miou']):>7s} {f(summary['dataset']['mdice']):>7s}   "
+                 f"{f(summary['per_image']['miou']):>7s} {f(summary['per_image']['mdice']):>8s}")
+    lines.append(f"pixel accuracy {f(summary['dataset']['pixel_accuracy'])}, calibration error (ECE) "
+                 f"{f(summary.get('ece'))}" + (f", threshold {summary['threshold']:.2f}"
+                                              if summary.get("threshold") is not None else ""))
+    lines.append(f"(dataset-wide: pixels summed over all images; /img: mean over images)\nwritten to {summary['out_dir']}")
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""Predictor.from_run(path).predict(image) -> mask at the image's own size; predict_files for the CLI."""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from catseg.data import IMAGE_EXTENSIONS, atomic_write_bytes, mask_png_bytes, read_image
+from catseg.errors import CatsegError
+from catseg.loading import normalise
+from catseg.models import create_model, load_weights, rebuild_kwargs
+from catseg.run import WEIGHTS, RunConfig, read_run_config
+from catseg.runtime import autocast, resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("mask", "overlay", "prob", "npy")
+
+
+class Predictor:
+    """A trained model with its preprocessing, rebuilt from a run folder alone."""
+
+    def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        self.config = config
+        self.model = model.eval()
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
+        """Return a Predictor for the best weights of a run folder."""
+        run_dir = Path(run_dir)
+        config = read_run_config(run_dir)
+        model = create_model(config.model, in_channels=config.in_channels, num_classes=config.num_classes,
+                             **rebuild_kwargs(config.model, config.model_kwargs))
+        load_weights(model, run_dir / WEIGHTS)
+        dev = resolve_device(device)
+        model.to(dev, memory_format=torch.channels_last)
+        return cls(config, model, dev, resolve_precision(precision, dev))
+
+    @property
+    def classes(self) -> list[str]:
+        return self.config.classes
+
+    @torch.inference_mode()
+    def predict_proba_batch(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Return per-class probabilities (K, H, W) float32 on the CPU for each (H, W, 3) uint8 photo, each at
+        its own size: the photo is resized to the training size, and the logits (not the mask) are resized
+        back, so edges stay smooth."""
+        side = self.config.size
+        resized = [cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA if min(im.shape[:2]) > side
+                              else cv2.INTER_LINEAR) for im in images]
+        x = normalise(torch.from_numpy(np.stack(resized)).to(self.device), self.config.mean, self.config.std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            logits = self.model(x)
+        logits = logits.float()
+        out = []
+        for i, im in enumerate(images):
+            up = F.interpolate(logits[i:i + 1], size=im.shape[:2], mode="bilinear", align_corners=False)
+            out.append(up[0].softmax(0).cpu())
+        return out
+
+    def predict_proba(self, image: np.ndarray) -> torch.Tensor:
+        """Return (K, H, W) float32 probabilities for one (H, W, 3) uint8 photo."""
+        return self.predict_proba_batch([image])[0]
+
+    def labels_from_proba(self, probs: torch.Tensor, threshold: float | None = None) -> np.ndarray:
+        """Return (H, W) uint8 class ids: argmax, or for two classes foreground where p >= threshold."""
+        threshold = self.config.threshold if threshold is None else threshold
+        if self.config.num_classes == 2 and threshold is not None:
+            if not 0.0 < threshold < 1.0:
+                raise CatsegError(f"--threshold {threshold}: must be between 0 and 1")
+            return (probs[1] >= threshold).numpy().astype(np.uint8)
+        return probs.argmax(0).numpy().astype(np.uint8)
+
+    def predict(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Return the (H, W) uint8 class-id mask of one photo, at the photo's own size."""
+        return self.labels_from_proba(self.predict_proba(image), threshold)
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Return the image files named by files, folders (their images, not recursive) or glob patterns."""
+    files: list[Path] = []
+    problems = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                problems.append(f"{item}: the pattern matches no file")
+            files.extend(found)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    if problems:
+        raise CatsegError("cannot read the inputs", problems)
+    return files
+
+
+def _output_paths(files: Sequence[Path], out_dir: Path, formats: Sequence[str], classes: Sequence[str]) -> dict[Path, dict[str, list[Path]]]:
+    stems: dict[str, Path] = {}
+    problems = []
+    for f in files:
+        if f.stem in stems and stems[f.stem] != f:
+            problems.append(f"{f} and {stems[f.stem]} would write the same output name {f.stem}; predict them "
+                            "into different --out folders")
+        stems[f.stem] = f
+    if problems:
+        raise CatsegError("clashing input names", problems)
+    plan = {}
+    for f in files:
+        outputs: dict[str, list[Path]] = {}
+        for fmt in formats:
+            if fmt == "mask":
+                outputs[fmt] = [out_dir / f"{f.stem}.png"]
+            elif fmt == "overlay":
+                outputs[fmt] = [out_dir / f"{f.stem}_overlay.jpg"]
+            elif fmt == "prob":
+                outputs[fmt] = [out_dir / f"{f.stem}_prob_{c}.png" for c in classes]
+            elif fmt == "npy":
+                outputs[fmt] = [out_dir / f"{f.stem}_prob.npy"]
+        plan[f] = outputs
+    return plan
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
+    """Return the photo with every non-background class painted in its colour."""
+    palette = np.zeros((256, 3), dtype=np.float32)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.float32)
+    painted = palette[mask]
+    blend = np.where((mask > 0)[..., None] & (mask < len(colors))[..., None],
+                     (1 - alpha) * image.astype(np.float32) + alpha * painted, image.astype(np.float32))
+    return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+
+def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor, mask: np.ndarray, config: RunConfig) -> list[bytes]:
+    if fmt == "mask":
+        return [mask_png_bytes(mask, config.colors)]
+    if fmt == "overlay":
+        buf = io.BytesIO()
+        Image.fromarray(overlay(image, mask, config.colors)).save(buf, format="JPEG", quality=92)
+        return [buf.getvalue()]
+    if fmt == "prob":
+        out = []
+        for k in range(probs.shape[0]):
+            buf = io.BytesIO()
+            Image.fromarray((probs[k].numpy() * 65535.0 + 0.5).astype(np.uint16)).save(buf, format="PNG")
+            out.append(buf.getvalue())
+        return out
+    buf = io.BytesIO()
+    np.save(buf, probs.numpy().astype(np.float32))
+    return [buf.getvalue()]
+
+
+def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path, formats: Sequence[str] = ("mask",),
+                  threshold: float | None = None, device: str = "auto", batch_size: int = 4,
+                  force: bool = False) -> list[Path]:
+    """Predict every input photo and write the chosen formats into out_dir; return the written paths.
+
+    Every output name is checked before anything is written, so a refusal leaves no partial output.
+    """
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise CatsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise CatsegError(f"--batch-size {batch_size}: must be at least 1")
+    files = expand_inputs(inputs)
+    out_dir = Path(out_dir)
+    predictor = Predictor.from_run(run_dir, device=device)
+    plan = _output_paths(files, out_dir, formats, predictor.classes)
+    existing = [p for outs in plan.values() for paths in outs.values() for p in paths if p.exists()]
+    if existing and not force:
+        raise CatsegError(f"{len(existing)} output files already exist (first: {existing[0]}). "
+                          "Choose another --out or pass --force to overwrite them.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        images = [read_image(f) for f in chunk]
+        for f, image, probs in zip(chunk, images, predictor.predict_proba_batch(images)):
+            mask = predictor.labels_from_proba(probs, threshold)
+            for fmt, paths in plan[f].items():
+                for path, data in zip(paths, _encode(fmt, image, probs, mask, predictor.config)):
+                    atomic_write_bytes(path, data)
+                    written.append(path)
+        log.info("predicted %d/%d", min(start + batch_size, len(files)), len(files))
+    return written

@@ -1,0 +1,133 @@
+"""The run folder: everything `predict`, `evaluate` and later stages need, described by config.json.
+
+    RUN/config.json        model name + kwargs, classes, colours, normalisation, size policy,
+                           threshold, training settings, scores, versions
+    RUN/model.safetensors  weights of the best epoch (by validation mIoU)
+    RUN/last.safetensors   weights of the last finished epoch   } for --resume
+    RUN/train_state.pt     optimizer, schedule, epoch, history  } (tensors only, weights_only load)
+    RUN/splits.json        the train and val stems
+    RUN/metrics.csv        one row per epoch
+    RUN/curves.png         loss and mIoU curves
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from catseg.errors import CatsegError
+
+RUN_FORMAT = "catseg-run"
+RUN_VERSION = 1
+CONFIG_JSON = "config.json"
+WEIGHTS = "model.safetensors"
+LAST_WEIGHTS = "last.safetensors"
+TRAIN_STATE = "train_state.pt"
+SPLITS_JSON = "splits.json"
+METRICS_CSV = "metrics.csv"
+CURVES_PNG = "curves.png"
+
+
+@dataclass
+class RunConfig:
+    """What config.json says: enough to rebuild the model and its preprocessing without any flag."""
+
+    model: str
+    model_kwargs: dict[str, Any]
+    in_channels: int
+    classes: list[str]
+    colors: list[list[int]]
+    ignore_index: int
+    mean: list[float]
+    std: list[float]
+    size: int
+    resize: str = "stretch"  # the whole photo is resized to size x size; logits are resized back
+    threshold: float | None = None  # two classes: foreground probability cut-off chosen on validation
+    train: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    dataset: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RUN_FORMAT,
+            "version": RUN_VERSION,
+            "model": {"name": self.model, "kwargs": self.model_kwargs, "in_channels": self.in_channels},
+            "classes": self.classes,
+            "colors": self.colors,
+            "ignore_index": self.ignore_index,
+            "preprocess": {"mean": self.mean, "std": self.std, "size": self.size, "resize": self.resize},
+            "threshold": self.threshold,
+            "dataset": self.dataset,
+            "train": self.train,
+            "scores": self.scores,
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], path: Path) -> RunConfig:
+        try:
+            if doc.get("format") != RUN_FORMAT:
+                raise KeyError(f"format is {doc.get('format')!r}, expected {RUN_FORMAT!r}")
+            if doc.get("version") != RUN_VERSION:
+                raise KeyError(f"version {doc.get('version')!r}; this catseg reads version {RUN_VERSION}")
+            pre = doc["preprocess"]
+            return cls(
+                model=doc["model"]["name"], model_kwargs=dict(doc["model"]["kwargs"]),
+                in_channels=int(doc["model"]["in_channels"]), classes=list(doc["classes"]),
+                colors=[list(c) for c in doc["colors"]], ignore_index=int(doc["ignore_index"]),
+                mean=list(pre["mean"]), std=list(pre["std"]), size=int(pre["size"]), resize=pre.get("resize", "stretch"),
+                threshold=doc.get("threshold"), train=dict(doc.get("train", {})), scores=dict(doc.get("scores", {})),
+                versions=dict(doc.get("versions", {})), dataset=doc.get("dataset", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CatsegError(f"{path}: not a catseg run description ({exc}). Train one with `catseg train`.") from exc
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """Return the RunConfig of a run folder, with a clear error when it is not one."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_JSON
+    if not path.is_file():
+        raise CatsegError(f"{run_dir}: no {CONFIG_JSON}; give a run folder written by `catseg train --out`.")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CatsegError(f"{path}: not valid JSON ({exc}).") from exc
+    config = RunConfig.from_json(doc, path)
+    if not (run_dir / WEIGHTS).is_file():
+        raise CatsegError(f"{run_dir / WEIGHTS}: missing; the run has not finished an epoch yet.")
+    return config
+
+
+def read_splits(run_dir: str | Path) -> dict[str, list[str]]:
+    path = Path(run_dir) / SPLITS_JSON
+    if not path.is_file():
+        return {}
+    return {k: list(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+def versions() -> dict[str, str]:
+    """Return the versions that produced a run, for the record."""
+    import platform
+
+    import numpy
+    import torch
+
+    from catseg import __version__
+
+    out = {"catseg": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version()}
+    try:
+        import segmentation_models_pytorch as smp
+
+        out["segmentation_models_pytorch"] = smp.__version__
+    except ImportError:
+        pass
+    return out

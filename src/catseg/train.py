@@ -1,0 +1,464 @@
+"""fit(config) -> run folder: train a segmentation model, keep the best epoch by validation mIoU."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from catseg.config import TrainConfig
+from catseg.data import DatasetInfo, atomic_write_bytes, atomic_write_json, read_dataset
+from catseg.errors import CatsegError
+from catseg.loading import (AugmentedDataset, CachedSample, cache_samples, cache_side, normalise, seed_worker,
+                            stack_batch)
+from catseg.losses import SegmentationLoss, class_weights_from_frequency
+from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
+from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for, save_weights
+from catseg.run import (CONFIG_JSON, CURVES_PNG, LAST_WEIGHTS, METRICS_CSV, SPLITS_JSON, TRAIN_STATE, WEIGHTS,
+                        RunConfig, versions)
+from catseg.runtime import (autocast, configure_threads, default_workers, precision_name, resolve_device,
+                            resolve_precision)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    """What a finished training run reached and where it is."""
+
+    run_dir: Path
+    epochs: int
+    best_epoch: int
+    best_miou: float
+    threshold: float | None
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        thr = f", threshold {self.threshold:.2f}" if self.threshold is not None else ""
+        return (f"trained {self.epochs} epochs in {self.seconds:.0f}s; best validation mIoU {self.best_miou:.4f} "
+                f"at epoch {self.best_epoch}{thr}\nrun folder: {self.run_dir}")
+
+
+# ----------------------------------------------------------------------------- splits
+def choose_split(info: DatasetInfo, config: TrainConfig) -> tuple[list[str], list[str]]:
+    """Return (train stems, val stems): named splits when the dataset or flags give them, else a seeded
+    split of everything outside a 'test' split."""
+    available = set(info.stems())
+    if not available:
+        raise CatsegError(f"{info.root}: no image with a mask. Run `catseg check {info.root}`.")
+
+    def named(name: str) -> list[str]:
+        if name not in info.splits:
+            raise CatsegError(f"{info.root}: no split named {name!r}; dataset.json has: "
+                              f"{', '.join(info.splits) or 'none'}")
+        return list(info.splits[name])
+
+    val = named(config.val_split) if config.val_split else (
+        named("val") if "val" in info.splits else named("validation") if "validation" in info.splits else None)
+    if config.train_split:
+        pool = named(config.train_split)
+    elif "train" in info.splits:
+        pool = named("train")
+    elif "trainval" in info.splits:
+        pool = named("trainval")
+    else:
+        held_out = set(info.splits.get("test", []))
+        pool = sorted(available - held_out)
+    missing = sorted(set(pool + (val or [])) - available)
+    if missing:
+        raise CatsegError(f"{info.root}: the split names {len(missing)} stems with no image/mask pair "
+                          f"(first: {missing[:5]}). Run `catseg check {info.root}`.")
+    if val is None:
+        if len(pool) < 2:
+            raise CatsegError(f"{info.root}: {len(pool)} image(s); training needs at least 2 (one to validate on).")
+        shuffled = sorted(pool)
+        random.Random(config.seed).shuffle(shuffled)
+        n_val = min(len(shuffled) - 1, max(1, round(len(shuffled) * config.val_fraction)))
+        val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    else:
+        train = sorted(set(pool) - set(val))
+    if not train or not val:
+        raise CatsegError(f"{info.root}: the split leaves {len(train)} training and {len(val)} validation images; "
+                          "both need at least one.")
+    return train, sorted(val)
+
+
+# ----------------------------------------------------------------------------- schedule
+def learning_rate(progress: float, peak: float, warmup: float) -> float:
+    """Return the learning rate at a point (0..1) of training: linear warm-up, then cosine decay to 1%."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return peak * max(progress / warmup, 0.01)
+    t = (progress - warmup) / max(1e-9, 1.0 - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+# ----------------------------------------------------------------------------- the run folder
+def _prepare_run_dir(config: TrainConfig) -> Path:
+    run_dir = Path(config.out)
+    if config.resume:
+        if not (run_dir / TRAIN_STATE).is_file():
+            raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not config.force:
+            raise CatsegError(f"{run_dir}: already exists and is not empty. Choose another --out, add --resume "
+                              "to continue it, or --force to replace it.")
+        if (run_dir / CONFIG_JSON).is_file() or (run_dir / TRAIN_STATE).is_file():
+            shutil.rmtree(run_dir)
+        else:
+            raise CatsegError(f"{run_dir}: is not a catseg run folder; refusing to delete it even with --force.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    if not history:
+        return
+    columns = list(history[0].keys())
+    for row in history[1:]:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def plot_curves(path: Path, history: Sequence[dict[str, Any]], classes: Sequence[str]) -> None:
+    """Write loss and validation-IoU curves to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [r["val_miou"] for r in history], "o-", lw=2, label="mIoU")
+    for name in classes:
+        key = f"val_iou_{name}"
+        if any(key in r for r in history):
+            ax2.plot(epochs, [r.get(key, float("nan")) for r in history], "--", alpha=0.7, label=name)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation IoU"), ax2.set_ylim(0, 1), ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- steps
+@dataclass
+class _Context:
+    """What the step functions share, so each stays short."""
+
+    model: torch.nn.Module
+    loss_fn: SegmentationLoss
+    device: torch.device
+    dtype: torch.dtype
+    mean: list[float]
+    std: list[float]
+    channels_last: bool
+    num_classes: int
+    ignore_index: int
+    scaler: Any = None
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalise(images.to(self.device, non_blocking=True), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def _train_step(ctx: _Context, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor) -> float:
+    x = ctx.inputs(images)
+    y = masks.to(ctx.device, non_blocking=True)
+    with autocast(ctx.device, ctx.dtype):
+        logits = ctx.model(x)
+    loss = ctx.loss_fn(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+@torch.inference_mode()
+def _validate(ctx: _Context, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int) -> dict[str, Any]:
+    ctx.model.eval()
+    metrics = MetricAccumulator(ctx.num_classes, list(classes), ctx.ignore_index)
+    calibration = CalibrationAccumulator()
+    thresholds = ThresholdSearch() if ctx.num_classes == 2 else None
+    loss_sum, count = 0.0, 0
+    for start in range(0, len(samples), batch_size):
+        images, masks = stack_batch(samples[start:start + batch_size])
+        y = masks.to(ctx.device)
+        with autocast(ctx.device, ctx.dtype):
+            logits = ctx.model(ctx.inputs(images))
+        logits = logits.float()
+        loss_sum += float(ctx.loss_fn(logits, y)) * len(images)
+        count += len(images)
+        probs = logits.softmax(1)
+        metrics.update_batch(probs.argmax(1), y)
+        calibration.update(probs, y, ctx.ignore_index)
+        if thresholds is not None:
+            thresholds.update(probs[:, 1], y, ctx.ignore_index)
+    ctx.model.train()
+    summary = metrics.summary()["dataset"]
+    out = {"val_loss": loss_sum / max(1, count), "val_miou": summary["miou"], "val_ece": calibration.ece()}
+    for name in classes:
+        out[f"val_iou_{name}"] = summary["per_class"][name]["iou"]
+    if thresholds is not None:
+        out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
+    return out
+
+
+def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[float, tuple[torch.Tensor, torch.Tensor]]]:
+    """Yield (seconds waited for the batch, batch), so the loader's share of the step time is known."""
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield time.perf_counter() - t0, batch
+
+
+# ----------------------------------------------------------------------------- fit
+def fit(config: TrainConfig, progress: bool = False) -> FitResult:
+    """Train a model as `config` says and return what it reached; the run folder is `config.out`."""
+    started = time.perf_counter()
+    config.validate()
+    run_dir = Path(config.out)
+    state: dict[str, Any] | None = None
+    if config.resume:
+        config, state = _load_resume(run_dir, config)
+    info = read_dataset(config.dataset)
+    train_stems, val_stems = choose_split(info, config)
+    run_dir = _prepare_run_dir(config)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    workers = config.workers if config.workers >= 0 else default_workers(device)
+    threads = configure_threads(workers) if device.type == "cpu" else torch.get_num_threads()
+
+    side = cache_side(config.size, config.augment)
+    log.info("caching %d training and %d validation images at %dpx ...", len(train_stems), len(val_stems), side)
+    train_cache = cache_samples(info, train_stems, side)
+    val_cache = cache_samples(info, val_stems, config.size)
+
+    torch.manual_seed(config.seed)
+    kwargs = model_kwargs(config.model, config)
+    model = create_model(config.model, in_channels=3, num_classes=info.num_classes, **kwargs)
+    pre = preprocessing_for(config.model, kwargs)
+    channels_last = True
+    model.to(device, memory_format=torch.channels_last)
+    weights = _class_weights(config, train_cache, info)
+    loss_fn = SegmentationLoss(config.loss, info.num_classes, info.ignore_index, weights).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    ctx = _Context(model, loss_fn, device, dtype, pre["mean"], pre["std"], channels_last, info.num_classes,
+                   info.ignore_index, scaler)
+
+    run_config = RunConfig(
+        model=config.model, model_kwargs=kwargs, in_channels=3, classes=info.classes,
+        colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, mean=pre["mean"], std=pre["std"],
+        size=config.size, train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
+                                 "workers_used": workers, "threads_used": threads},
+        versions=versions(), dataset=str(Path(config.dataset).resolve()),
+    )
+    atomic_write_json(run_dir / SPLITS_JSON, {"train": train_stems, "val": val_stems})
+
+    dataset = AugmentedDataset(train_cache, config.size, config.augment, info.ignore_index, config.seed)
+    if len(dataset) < 2:
+        # BatchNorm cannot normalise a batch of one image (pooling layers see one value per channel).
+        raise CatsegError(f"{info.root}: {len(dataset)} training image after the validation split; "
+                          "training needs at least 2. Add images or lower --val-fraction.")
+    drop_last = len(dataset) > config.batch_size
+    steps_per_epoch = len(dataset) // config.batch_size if drop_last else 1
+    epoch, step, elapsed_before, history, best = 0, 0, 0.0, [], {"val_miou": -1.0, "epoch": 0}
+    if state is not None:
+        load_weights(model, run_dir / LAST_WEIGHTS)
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, step, elapsed_before = int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+        history, best = list(state["history"]), dict(state["best"])
+        log.info("resuming %s after epoch %d", run_dir, epoch)
+
+    budget = config.time_budget_s
+    total_steps = None if budget else config.epochs * steps_per_epoch
+    if budget:
+        estimate = _estimate_epoch_seconds(ctx, dataset, val_cache, config.batch_size, steps_per_epoch)
+        fits = max(1, int((budget - (time.perf_counter() - started)) // estimate))
+        log.info("time budget %s: one epoch (%d steps + validation) takes about %.1fs, so about %d epochs fit",
+                 config.time_budget, steps_per_epoch, estimate, fits)
+    loop_start = time.perf_counter() - elapsed_before
+    deadline = None if budget is None else started + budget - elapsed_before
+
+    model.train()
+    from tqdm.auto import tqdm
+
+    while True:
+        if total_steps is not None and step >= total_steps:
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        epoch += 1
+        dataset.set_epoch(epoch)
+        torch.manual_seed(config.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, shuffle=True, drop_last=drop_last, num_workers=workers,
+            worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        epoch_start, waited, loss_sum, n_images, n_steps = time.perf_counter(), 0.0, 0.0, 0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="step")
+        for wait, (images, masks) in _batches(loader):
+            waited += wait
+            now = time.perf_counter()
+            if budget:
+                lr_progress = (now - loop_start) / max(1e-9, deadline - loop_start) if deadline else 1.0
+            else:
+                lr_progress = step / max(1, total_steps)
+            lr = learning_rate(lr_progress, config.lr, config.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = _train_step(ctx, optimizer, images, masks)
+            if not math.isfinite(loss):
+                raise CatsegError(f"training diverged at epoch {epoch} step {step} (loss {loss}). "
+                                  "Lower --lr, or use --precision fp32.")
+            step += 1
+            n_steps += 1
+            loss_sum += loss * len(images)
+            n_images += len(images)
+            ips = n_images / max(1e-9, time.perf_counter() - epoch_start)
+            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{ips:.1f}", lr=f"{lr:.2e}")
+            bar.update(1)
+            if total_steps is not None and step >= total_steps:
+                break
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - epoch_start
+        val = _validate(ctx, val_cache, info.classes, config.batch_size)
+        row = {"epoch": epoch, "steps": n_steps, "train_loss": loss_sum / max(1, n_images), **val,
+               "images_per_s": n_images / max(1e-9, train_seconds), "data_wait_frac": waited / max(1e-9, train_seconds),
+               "lr": lr, "seconds": time.perf_counter() - epoch_start, "elapsed": time.perf_counter() - loop_start}
+        history.append(row)
+        improved = _is_better(val["val_miou"], best["val_miou"])
+        if improved:
+            best = {"val_miou": val["val_miou"], "epoch": epoch, "threshold": val.get("threshold"),
+                    "val_ece": val["val_ece"], "val_iou_at_threshold": val.get("val_iou_at_threshold")}
+            save_weights(model, run_dir / WEIGHTS)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f%s, %.1f img/s, data wait %.0f%%, %.0fs",
+                 epoch, row["train_loss"], row["val_loss"], row["val_miou"], " (best)" if improved else "",
+                 row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"])
+        _checkpoint(run_dir, model, optimizer, epoch, step, time.perf_counter() - loop_start, history, best)
+        _finish_files(run_dir, run_config, history, best, info.classes)
+
+    if not (run_dir / WEIGHTS).is_file():
+        save_weights(model, run_dir / WEIGHTS)
+    _finish_files(run_dir, run_config, history, best, info.classes)
+    return FitResult(run_dir, epoch, int(best["epoch"]), float(best["val_miou"]), best.get("threshold"),
+                     time.perf_counter() - started, history)
+
+
+def _is_better(value: float, best: float) -> bool:
+    return value is not None and math.isfinite(value) and value > best
+
+
+def _class_weights(config: TrainConfig, samples: Sequence[CachedSample], info: DatasetInfo) -> list[float] | None:
+    if config.class_weights == "none":
+        return None
+    if config.class_weights == "auto":
+        counts = np.zeros(info.num_classes, dtype=np.int64)
+        for s in samples:
+            counts += np.bincount(s.mask.ravel(), minlength=256)[: info.num_classes]
+        weights = class_weights_from_frequency(counts.tolist())
+        log.info("class weights (auto): %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(info.classes, weights)))
+        return weights
+    weights = [float(v) for v in config.class_weights.split(",")]
+    if len(weights) != info.num_classes:
+        raise CatsegError(f"--class-weights has {len(weights)} values; the dataset has {info.num_classes} classes "
+                          f"({', '.join(info.classes)})")
+    return weights
+
+
+def _estimate_epoch_seconds(ctx: _Context, dataset: AugmentedDataset, val_cache: Sequence[CachedSample],
+                            batch_size: int, steps_per_epoch: int) -> float:
+    """Return the seconds one epoch (training + validation) should take, measured on a copy of the model
+    so the measurement does not touch the real weights."""
+    import copy
+
+    probe = copy.deepcopy(ctx.model)
+    probe_ctx = _Context(probe, ctx.loss_fn, ctx.device, ctx.dtype, ctx.mean, ctx.std, ctx.channels_last,
+                         ctx.num_classes, ctx.ignore_index, None)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
+    n = min(len(dataset), batch_size)
+    batch = [dataset[i] for i in range(n)]
+    images, masks = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    _train_step(probe_ctx, optimizer, images, masks)  # warm-up: allocations, kernel choice
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(2):
+        _train_step(probe_ctx, optimizer, images, masks)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    step_seconds = (time.perf_counter() - t0) / 2 * (batch_size / n)
+    del probe, optimizer
+    # A forward pass costs about a third of a training step.
+    val_seconds = math.ceil(len(val_cache) / batch_size) * step_seconds / 3
+    return steps_per_epoch * step_seconds + val_seconds
+
+
+def _checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
+                elapsed: float, history: list[dict[str, Any]], best: dict[str, Any]) -> None:
+    save_weights(model, run_dir / LAST_WEIGHTS)
+    buf = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "elapsed": elapsed,
+                "history": history, "best": best}, buf)
+    atomic_write_bytes(run_dir / TRAIN_STATE, buf.getvalue())
+
+
+def _load_resume(run_dir: Path, config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """Return the stored settings (with this call's device) and the saved training state."""
+    from catseg.run import read_run_config
+
+    if not (run_dir / TRAIN_STATE).is_file():
+        raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.")
+    stored = read_run_config(run_dir).train
+    resumed = TrainConfig.from_dict({**stored, "resume": True, "force": False, "device": config.device,
+                                     "out": str(run_dir)})
+    state = torch.load(run_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
+    return resumed.validate(), state
+
+
+def _finish_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, Any]], best: dict[str, Any],
+                  classes: Sequence[str]) -> None:
+    run_config.threshold = best.get("threshold")
+    run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
+                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": len(history)}
+    atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
+    _write_metrics_csv(run_dir / METRICS_CSV, history)
+    if history:
+        plot_curves(run_dir / CURVES_PNG, history, classes)

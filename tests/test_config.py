@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from catseg.config import TrainConfig, parse_duration
+from catseg.errors import CatsegError
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), ("1h30m", 5400)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10x", "0s", "5m3"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_validate_reports_every_problem_at_once() -> None:
+    config = TrainConfig(dataset="d", out="r", augment="wild", loss="focal", size=8, lr=-1, time_budget="soon",
+                         val_fraction=1.5)
+    with pytest.raises(CatsegError) as info:
+        config.validate()
+    text = str(info.value)
+    for needle in ("--augment 'wild'", "--loss 'focal'", "--size 8", "--lr -1", "--time-budget", "--val-fraction"):
+        assert needle in text
+    assert len(info.value.problems) == 6
+
+
+def test_round_trip_through_dict() -> None:
+    config = TrainConfig(dataset="d", out="r", width=8, time_budget="5m")
+    again = TrainConfig.from_dict({**config.to_dict(), "unknown_future_field": 1})
+    assert again == config
+    assert again.time_budget_s == 300

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from catseg.errors import CatsegError
+from catseg.predict import Predictor, expand_inputs, predict_files
+
+
+def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(60, 120, (h, w, 3)).astype(np.uint8)
+    image[h // 4: h // 2, w // 4: w // 2] = 230
+    return image
+
+
+@pytest.mark.parametrize("h, w", [(33, 47), (900, 900), (375, 500), (1, 1)])
+def test_prediction_has_the_photos_own_size(tiny_run: Path, h: int, w: int) -> None:
+    predictor = Predictor.from_run(tiny_run, device="cpu")
+    probs = predictor.predict_proba(_photo(h, w))
+    assert probs.shape == (2, h, w) and probs.dtype == torch.float32
+    assert torch.allclose(probs.sum(0), torch.ones(h, w), atol=1e-5)
+    mask = predictor.predict(_photo(h, w))
+    assert mask.shape == (h, w) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+
+
+def test_threshold_overrides_the_stored_one(tiny_run: Path) -> None:
+    predictor = Predictor.from_run(tiny_run, device="cpu")
+    probs = predictor.predict_proba(_photo(40, 40))
+    assert predictor.labels_from_proba(probs, 1e-6).sum() == (probs[1] >= 1e-6).sum()
+    assert predictor.labels_from_proba(probs, 0.999999).sum() <= predictor.labels_from_proba(probs, 0.5).sum()
+    stored = predictor.config.threshold
+    assert np.array_equal(predictor.predict(_photo(40, 40)), (probs[1] >= stored).numpy().astype(np.uint8))
+    with pytest.raises(CatsegError, match="between 0 and 1"):
+        predictor.labels_from_proba(probs, 1.5)
+
+
+def test_batch_equals_single(tiny_run: Path) -> None:
+    predictor = Predictor.from_run(tiny_run, device="cpu", precision="fp32")
+    photos = [_photo(30, 41, 1), _photo(64, 20, 2)]
+    batch = predictor.predict_proba_batch(photos)
+    for photo, probs in zip(photos, batch):
+        assert torch.allclose(probs, predictor.predict_proba(photo), atol=1e-4)
+
+
+def _save(path: Path, image: Image.Image, **kw) -> Path:
+    image.save(path, **kw)
+    return path
+
+
+def test_predict_files_every_format_and_mode(tiny_run: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = Image.fromarray(_photo(37, 53))
+    _save(src / "rgb.jpg", rgb)
+    _save(src / "grey.png", rgb.convert("L"))
+    _save(src / "rgba.png", rgb.convert("RGBA"))
+    _save(src / "pal.png", rgb.convert("P"))
+    _save(src / "deep.png", Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    _save(src / "rotated.jpg", rgb, exif=exif)
+    out = tmp_path / "out"
+    written = predict_files(tiny_run, [str(src)], out, formats=["mask", "overlay", "prob", "npy"], device="cpu")
+    assert len(written) == 6 * 5
+    for stem in ("rgb", "grey", "rgba", "pal", "deep"):
+        mask = Image.open(out / f"{stem}.png")
+        assert mask.mode == "P" and mask.size == (53, 37)
+        assert Image.open(out / f"{stem}_overlay.jpg").size == (53, 37)
+        prob = np.asarray(Image.open(out / f"{stem}_prob_square.png"))
+        assert prob.dtype in (np.uint16, np.int32) and prob.shape == (37, 53)
+        assert np.load(out / f"{stem}_prob.npy").shape == (2, 37, 53)
+    # EXIF orientation is applied: the mask has the photo's displayed (rotated) size.
+    assert Image.open(out / "rotated.png").size == (37, 53)
+    p0 = np.asarray(Image.open(out / "rgb_prob_background.png"), np.float64)
+    p1 = np.asarray(Image.open(out / "rgb_prob_square.png"), np.float64)
+    assert np.allclose((p0 + p1) / 65535.0, 1.0, atol=2e-4)
+
+
+def test_predict_refuses_to_overwrite(tiny_run: Path, tmp_path: Path) -> None:
+    photo = _save(tmp_path / "a.png", Image.fromarray(_photo(20, 30)))
+    out = tmp_path / "out"
+    predict_files(tiny_run, [str(photo)], out, device="cpu")
+    before = (out / "a.png").read_bytes()
+    (out / "a.png").write_bytes(b"user edit")
+    with pytest.raises(CatsegError, match="already exist"):
+        predict_files(tiny_run, [str(photo)], out, device="cpu")
+    assert (out / "a.png").read_bytes() == b"user edit"
+    predict_files(tiny_run, [str(photo)], out, device="cpu", force=True)
+    assert (out / "a.png").read_bytes() == before
+
+
+def test_inputs_globs_and_errors(tmp_path: Path) -> None:
+    for name in ("a.jpg", "b.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in expand_inputs([str(tmp_path / "*.jpg")])] == ["a.jpg"]
+    assert [p.name for p in expand_inputs([str(tmp_path)])] == ["a.jpg", "b.png"]
+    with pytest.raises(CatsegError) as info:
+        expand_inputs([str(tmp_path / "missing.jpg"), str(tmp_path / "*.gif")])
+    assert "missing.jpg: no such file" in str(info.value) and "matches no file" in str(info.value)
+
+
+def test_bad_format_and_clashing_names(tiny_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    for d in ("x", "y"):
+        _save(tmp_path / d / "same.png", Image.fromarray(_photo(20, 20)))
+    with pytest.raises(CatsegError, match="choose from mask, overlay, prob, npy"):
+        predict_files(tiny_run, [str(tmp_path / "x")], tmp_path / "o", formats=["jpeg"])
+    with pytest.raises(CatsegError, match="same output name"):
+        predict_files(tiny_run, [str(tmp_path / "x"), str(tmp_path / "y")], tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_photo_names_the_file(tiny_run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(CatsegError, match="broken.jpg: cannot read this image"):
+        predict_files(tiny_run, [str(bad)], tmp_path / "o", device="cpu")
+
+
+def test_not_a_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(CatsegError, match="no config.json"):
+        Predictor.from_run(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "something"}))
+    with pytest.raises(CatsegError, match="not a catseg run"):
+        Predictor.from_run(tmp_path)

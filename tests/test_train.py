@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from catseg.config import TrainConfig
+from catseg.data import read_dataset
+from catseg.errors import CatsegError
+from catseg.train import choose_split, fit, learning_rate
+from conftest import make_tiny_dataset
+
+
+def _config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(dataset=str(data), out=str(out), width=4, depth=2, size=32, epochs=1, batch_size=4, lr=1e-2,
+                precision="fp32")
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def test_seeded_split_is_stable_and_disjoint(tiny_dataset: Path) -> None:
+    info = read_dataset(tiny_dataset)
+    train, val = choose_split(info, TrainConfig(dataset="x", out="y", seed=3, val_fraction=0.3))
+    again = choose_split(info, TrainConfig(dataset="x", out="y", seed=3, val_fraction=0.3))
+    other = choose_split(info, TrainConfig(dataset="x", out="y", seed=4, val_fraction=0.3))
+    assert (train, val) == again
+    assert (train, val) != other
+    assert len(val) == 3 and not set(train) & set(val) and sorted(train + val) == info.stems()
+
+
+def test_named_splits_are_used_and_test_is_held_out(tmp_path: Path) -> None:
+    stems = [f"img{i:02d}" for i in range(10)]
+    data = make_tiny_dataset(tmp_path / "d", splits={"trainval": stems[:8], "test": stems[8:]})
+    train, val = choose_split(read_dataset(data), TrainConfig(dataset="x", out="y"))
+    assert not (set(train) | set(val)) & set(stems[8:])
+    assert len(train) + len(val) == 8
+    data2 = make_tiny_dataset(tmp_path / "d2", splits={"train": stems[:6], "val": stems[6:9]})
+    assert choose_split(read_dataset(data2), TrainConfig(dataset="x", out="y")) == (stems[:6], stems[6:9])
+
+
+def test_unknown_split_name_lists_the_names(tiny_dataset: Path) -> None:
+    with pytest.raises(CatsegError, match="no split named 'nope'"):
+        choose_split(read_dataset(tiny_dataset), TrainConfig(dataset="x", out="y", val_split="nope"))
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    assert learning_rate(0.0, 1.0, 0.1) == pytest.approx(0.01)
+    assert learning_rate(0.05, 1.0, 0.1) == pytest.approx(0.5)
+    assert learning_rate(0.1, 1.0, 0.1) == pytest.approx(1.0)
+    values = [learning_rate(p / 100, 1.0, 0.1) for p in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert learning_rate(1.0, 1.0, 0.1) == pytest.approx(0.01)
+
+
+def test_fit_writes_a_self_describing_run(tiny_run: Path) -> None:
+    for name in ("config.json", "model.safetensors", "last.safetensors", "train_state.pt", "splits.json",
+                 "metrics.csv", "curves.png"):
+        assert (tiny_run / name).is_file(), name
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["format"] == "catseg-run"
+    assert config["classes"] == ["background", "square"]
+    assert config["model"] == {"name": "unet", "kwargs": {"width": 4, "depth": 2, "upsample": "transpose"},
+                               "in_channels": 3}
+    assert config["preprocess"]["size"] == 32 and len(config["preprocess"]["mean"]) == 3
+    assert 0 < config["threshold"] < 1
+    assert config["train"]["epochs"] == 2 and config["versions"]["torch"] == torch.__version__
+    rows = list(csv.DictReader((tiny_run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for key in ("train_loss", "val_loss", "val_miou", "val_iou_background", "val_iou_square", "images_per_s", "lr",
+                "seconds", "val_ece", "data_wait_frac"):
+        assert rows[0][key] != "", key
+    assert config["scores"]["best_epoch"] in (1, 2)
+    best = max(rows, key=lambda r: float(r["val_miou"]))
+    assert float(best["val_miou"]) == pytest.approx(config["scores"]["val_miou"], rel=1e-4)
+    splits = json.loads((tiny_run / "splits.json").read_text())
+    assert len(splits["train"]) == 8 and len(splits["val"]) == 2
+    # weights are plain tensors in safetensors, BatchNorm statistics included
+    tensors = load_file(str(tiny_run / "model.safetensors"))
+    assert any(k.endswith("running_mean") for k in tensors)
+
+
+def test_training_learns_the_tiny_task(tmp_path: Path) -> None:
+    data = make_tiny_dataset(tmp_path / "d", count=12)
+    result = fit(_config(data, tmp_path / "run", epochs=20, width=8, augment="none", lr=1e-2))
+    losses = [r["train_loss"] for r in result.history]
+    assert losses[-1] < losses[0] * 0.7
+    assert result.best_miou > 0.75
+
+
+def test_existing_run_is_refused_then_replaced_with_force(tmp_path: Path, tiny_dataset: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(CatsegError, match="already exists"):
+        fit(_config(tiny_dataset, out))
+    with pytest.raises(CatsegError, match="not a catseg run folder"):
+        fit(_config(tiny_dataset, out, force=True))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_resume_continues_where_it_stopped(tmp_path: Path, tiny_dataset: Path) -> None:
+    out = tmp_path / "run"
+    fit(_config(tiny_dataset, out, epochs=1))
+    first = load_file(str(out / "last.safetensors"))
+    # The stored settings say one epoch: resuming finds nothing left to do and keeps the weights.
+    result = fit(TrainConfig(dataset=str(tiny_dataset), out=str(out), resume=True))
+    assert result.epochs == 1
+    again = load_file(str(out / "last.safetensors"))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    # With more epochs stored, resume trains epoch 2 only and keeps epoch 1's metrics row.
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["epochs"] = 2
+    (out / "config.json").write_text(json.dumps(config))
+    result = fit(TrainConfig(dataset=str(tiny_dataset), out=str(out), resume=True))
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path: Path, tiny_dataset: Path) -> None:
+    with pytest.raises(CatsegError, match="nothing to resume"):
+        fit(TrainConfig(dataset=str(tiny_dataset), out=str(tmp_path / "none"), resume=True))
+
+
+def test_three_classes_and_time_budget(tmp_path: Path) -> None:
+    data = make_tiny_dataset(tmp_path / "d", classes=("background", "square", "disc"))
+    result = fit(_config(data, tmp_path / "run", time_budget="4s", epochs=1000))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["threshold"] is None and config["classes"] == ["background", "square", "disc"]
+    assert 1 <= result.epochs < 1000 and result.seconds < 30
+
+
+def test_class_weights_count_must_match(tmp_path: Path, tiny_dataset: Path) -> None:
+    with pytest.raises(CatsegError, match="2 classes"):
+        fit(_config(tiny_dataset, tmp_path / "run", class_weights="1,2,3"))

@@ -140,13 +140,26 @@ def _output_paths(files: Sequence[Path], out_dir: Path, formats: Sequence[str], 
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
-    """Return the photo with every non-background class painted in its colour."""
+    """Return the photo with every non-background class painted in its colour and outlined in white,
+    so that dark palette colours stay visible on dark subjects."""
     palette = np.zeros((256, 3), dtype=np.float32)
     palette[: len(colors)] = np.asarray(colors, dtype=np.float32)
     painted = palette[mask]
-    blend = np.where((mask > 0)[..., None] & (mask < len(colors))[..., None],
-                     (1 - alpha) * image.astype(np.float32) + alpha * painted, image.astype(np.float32))
+    labelled = ((mask > 0) & (mask < len(colors)))[..., None]
+    blend = np.where(labelled, (1 - alpha) * image.astype(np.float32) + alpha * painted, image.astype(np.float32))
+    edges = _boundaries(mask, thickness=max(1, min(mask.shape) // 300))
+    blend[edges] = 255.0
     return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+
+def _boundaries(mask: np.ndarray, thickness: int) -> np.ndarray:
+    """Return a boolean map of pixels where the class changes, `thickness` pixels wide."""
+    edges = np.zeros(mask.shape, dtype=bool)
+    edges[:-1, :] |= mask[:-1, :] != mask[1:, :]
+    edges[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    if thickness > 1:
+        edges = cv2.dilate(edges.astype(np.uint8), np.ones((thickness, thickness), np.uint8)) > 0
+    return edges
 
 
 def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor, mask: np.ndarray, config: RunConfig) -> list[bytes]:

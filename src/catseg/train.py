@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -329,7 +330,8 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
             worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         epoch_start, waited, loss_sum, n_images, n_steps = time.perf_counter(), 0.0, 0.0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="step")
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (progress and sys.stderr.isatty()),
+                   leave=False, unit="step")
         for wait, (images, masks) in _batches(loader):
             waited += wait
             now = time.perf_counter()

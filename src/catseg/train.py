@@ -371,9 +371,10 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
             best = {"val_miou": val["val_miou"], "epoch": epoch, "threshold": val.get("threshold"),
                     "val_ece": val["val_ece"], "val_iou_at_threshold": val.get("val_iou_at_threshold")}
             save_weights(model, run_dir / WEIGHTS)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f%s, %.1f img/s, data wait %.0f%%, %.0fs",
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f%s, %.1f img/s, data wait %.0f%%, %.0fs%s",
                  epoch, row["train_loss"], row["val_loss"], row["val_miou"], " (best)" if improved else "",
-                 row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"])
+                 row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"],
+                 _eta(deadline, total_steps, step, row["elapsed"]))
         _checkpoint(run_dir, model, optimizer, epoch, step, time.perf_counter() - loop_start, history, best)
         _finish_files(run_dir, run_config, history, best, info.classes)
 
@@ -382,6 +383,18 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
     _finish_files(run_dir, run_config, history, best, info.classes)
     return FitResult(run_dir, epoch, int(best["epoch"]), float(best["val_miou"]), best.get("threshold"),
                      time.perf_counter() - started, history)
+
+
+def _eta(deadline: float | None, total_steps: int | None, step: int, elapsed: float) -> str:
+    """Return ', about Xm Ys left' for the per-epoch log line ('' when done)."""
+    if deadline is not None:
+        left = deadline - time.perf_counter()
+    else:
+        left = (total_steps - step) * elapsed / max(1, step) if total_steps else 0.0
+    if left <= 0:
+        return ""
+    minutes, seconds = divmod(int(left + 0.5), 60)
+    return f", about {minutes}m{seconds:02d}s left" if minutes else f", about {seconds}s left"
 
 
 def _is_better(value: float, best: float) -> bool:

@@ -121,8 +121,11 @@ def test_bad_format_and_clashing_names(tiny_run: Path, tmp_path: Path) -> None:
 def test_unreadable_photo_names_the_file(tiny_run: Path, tmp_path: Path) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(CatsegError, match="broken.jpg: cannot read this image"):
-        predict_files(tiny_run, [str(bad)], tmp_path / "o", device="cpu")
+    good = _save(tmp_path / "good.png", Image.fromarray(_photo(20, 30)))
+    with pytest.raises(CatsegError, match="broken.jpg: cannot read this image") as info:
+        predict_files(tiny_run, [str(good), str(bad)], tmp_path / "o", device="cpu")
+    assert "nothing was written" in str(info.value)
+    assert not (tmp_path / "o").exists()
 
 
 def test_not_a_run_folder(tmp_path: Path) -> None:

@@ -135,3 +135,21 @@ def test_three_classes_and_time_budget(tmp_path: Path) -> None:
 def test_class_weights_count_must_match(tmp_path: Path, tiny_dataset: Path) -> None:
     with pytest.raises(CatsegError, match="2 classes"):
         fit(_config(tiny_dataset, tmp_path / "run", class_weights="1,2,3"))
+
+
+def test_all_ignored_validation_still_trains_and_writes_valid_json(tmp_path: Path) -> None:
+    from catseg.data import mask_png_bytes, read_mask
+
+    stems = [f"img{i:02d}" for i in range(10)]
+    data = make_tiny_dataset(tmp_path / "d", splits={"train": stems[:8], "val": stems[8:]})
+    for stem in stems[8:]:
+        mask = read_mask(data / "masks" / f"{stem}.png")
+        (data / "masks" / f"{stem}.png").write_bytes(mask_png_bytes(mask * 0 + 255))
+    result = fit(_config(data, tmp_path / "run", epochs=1))
+    assert result.epochs == 1
+    def no_nan(token: str) -> None:
+        raise AssertionError(f"config.json holds {token}, which is not JSON")
+
+    config = json.loads((tmp_path / "run" / "config.json").read_text(), parse_constant=no_nan)
+    assert config["scores"]["val_miou"] is None and config["scores"]["best_epoch"] == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()

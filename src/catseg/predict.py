@@ -113,6 +113,20 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return files
 
 
+def _check_readable(files: Sequence[Path]) -> None:
+    """Raise one CatsegError naming every input that is not an image (headers only: cheap)."""
+    problems = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.size
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            problems.append(f"{f}: cannot read this image ({exc.__class__.__name__}); re-export it as JPEG or PNG")
+    if problems:
+        raise CatsegError(f"{len(problems)} of {len(files)} inputs are not readable images; nothing was written",
+                          problems)
+
+
 def _output_paths(files: Sequence[Path], out_dir: Path, formats: Sequence[str], classes: Sequence[str]) -> dict[Path, dict[str, list[Path]]]:
     stems: dict[str, Path] = {}
     problems = []
@@ -194,6 +208,7 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     if batch_size < 1:
         raise CatsegError(f"--batch-size {batch_size}: must be at least 1")
     files = expand_inputs(inputs)
+    _check_readable(files)
     out_dir = Path(out_dir)
     predictor = Predictor.from_run(run_dir, device=device)
     plan = _output_paths(files, out_dir, formats, predictor.classes)

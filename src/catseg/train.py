@@ -224,13 +224,17 @@ def _validate(ctx: _Context, samples: Sequence[CachedSample], classes: Sequence[
         if thresholds is not None:
             thresholds.update(probs[:, 1], y, ctx.ignore_index)
     ctx.model.train()
-    summary = metrics.summary()["dataset"]
-    out = {"val_loss": loss_sum / max(1, count), "val_miou": summary["miou"], "val_ece": calibration.ece()}
+    summary = metrics.summary()["dataset"]  # NaN is None there (a class absent from prediction and truth)
+    out = {"val_loss": loss_sum / max(1, count), "val_miou": _nan(summary["miou"]), "val_ece": calibration.ece()}
     for name in classes:
-        out[f"val_iou_{name}"] = summary["per_class"][name]["iou"]
+        out[f"val_iou_{name}"] = _nan(summary["per_class"][name]["iou"])
     if thresholds is not None:
         out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
     return out
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[float, tuple[torch.Tensor, torch.Tensor]]]:
@@ -296,7 +300,7 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
                           "training needs at least 2. Add images or lower --val-fraction.")
     drop_last = len(dataset) > config.batch_size
     steps_per_epoch = len(dataset) // config.batch_size if drop_last else 1
-    epoch, step, elapsed_before, history, best = 0, 0, 0.0, [], {"val_miou": -1.0, "epoch": 0}
+    epoch, step, elapsed_before, history, best = 0, 0, 0.0, [], {"val_miou": float("nan"), "epoch": 0}
     if state is not None:
         load_weights(model, run_dir / LAST_WEIGHTS)
         optimizer.load_state_dict(state["optimizer"])
@@ -398,7 +402,7 @@ def _eta(deadline: float | None, total_steps: int | None, step: int, elapsed: fl
 
 
 def _is_better(value: float, best: float) -> bool:
-    return value is not None and math.isfinite(value) and value > best
+    return math.isfinite(value) and (not math.isfinite(best) or value > best)
 
 
 def _class_weights(config: TrainConfig, samples: Sequence[CachedSample], info: DatasetInfo) -> list[float] | None:

@@ -12,11 +12,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catseg.data import atomic_write_bytes
 from catseg.errors import CatsegError
 
 RUN_FORMAT = "catseg-run"
@@ -131,3 +135,44 @@ def versions() -> dict[str, str]:
     except ImportError:
         pass
     return out
+
+
+def write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    """Write one CSV row per epoch (the union of every row's columns)."""
+    if not history:
+        return
+    columns = list(history[0].keys())
+    for row in history[1:]:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+
+
+def plot_curves(path: Path, history: Sequence[dict[str, Any]], classes: Sequence[str]) -> None:
+    """Write loss and validation-IoU curves to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [r["val_miou"] for r in history], "o-", lw=2, label="mIoU")
+    for name in classes:
+        key = f"val_iou_{name}"
+        if any(key in r for r in history):
+            ax2.plot(epochs, [r.get(key, float("nan")) for r in history], "--", alpha=0.7, label=name)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation IoU"), ax2.set_ylim(0, 1), ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

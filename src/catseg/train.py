@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
@@ -27,7 +26,7 @@ from catseg.losses import SegmentationLoss, class_weights_from_frequency
 from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for, save_weights
 from catseg.run import (CONFIG_JSON, CURVES_PNG, LAST_WEIGHTS, METRICS_CSV, SPLITS_JSON, TRAIN_STATE, WEIGHTS,
-                        RunConfig, versions)
+                        RunConfig, plot_curves, versions, write_metrics_csv)
 from catseg.runtime import (autocast, configure_threads, default_workers, precision_name, resolve_device,
                             resolve_precision)
 
@@ -123,46 +122,6 @@ def _prepare_run_dir(config: TrainConfig) -> Path:
             raise CatsegError(f"{run_dir}: is not a catseg run folder; refusing to delete it even with --force.")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def _write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    if not history:
-        return
-    columns = list(history[0].keys())
-    for row in history[1:]:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
-
-
-def plot_curves(path: Path, history: Sequence[dict[str, Any]], classes: Sequence[str]) -> None:
-    """Write loss and validation-IoU curves to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax1.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
-    ax2.plot(epochs, [r["val_miou"] for r in history], "o-", lw=2, label="mIoU")
-    for name in classes:
-        key = f"val_iou_{name}"
-        if any(key in r for r in history):
-            ax2.plot(epochs, [r.get(key, float("nan")) for r in history], "--", alpha=0.7, label=name)
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation IoU"), ax2.set_ylim(0, 1), ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- steps
@@ -478,6 +437,6 @@ def _finish_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, 
     run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
                          "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": len(history)}
     atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
-    _write_metrics_csv(run_dir / METRICS_CSV, history)
+    write_metrics_csv(run_dir / METRICS_CSV, history)
     if history:
         plot_curves(run_dir / CURVES_PNG, history, classes)

@@ -239,8 +239,12 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Return a mask PNG as (H, W) uint8 class ids; a colour (RGB) mask is an error naming the fix."""
-    image = open_image(path)
-    if image.mode in ("P", "L"):
+    return mask_ids(open_image(path), path)
+
+
+def mask_ids(image: Image.Image, path: str | Path) -> np.ndarray:
+    """Return (H, W) uint8 class ids from a palette, grey, 1-bit or 16-bit mask image; `path` names it in errors."""
+    if image.mode in ("P", "L", "1"):
         return np.asarray(image, dtype=np.uint8).copy()
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         arr = np.asarray(image)
@@ -249,7 +253,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         return arr.astype(np.uint8)
     raise CatsegError(
         f"{path}: mask is a {image.mode} image; catseg masks hold class ids in a palette (P) or grey (L) PNG. "
-        "For colour masks use `catseg import masks --colors`."
+        "For colour masks use `catseg import masks` and pass --colors with a 'name r g b' line per class."
     )
 
 

@@ -224,7 +224,7 @@ def _read_mask(path: Path, report: CheckReport) -> np.ndarray | None:
         with Image.open(path) as image:
             image.load()
             mode = image.mode
-            if mode in ("P", "L"):
+            if mode in ("P", "L", "1"):  # the modes data.mask_ids reads, so check and training agree
                 return np.asarray(image, dtype=np.uint8)
             if mode in ("I", "I;16", "I;16B", "I;16L"):
                 return np.asarray(image).astype(np.int64)

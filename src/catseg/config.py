@@ -16,6 +16,7 @@ LOSSES = ("dice", "ce", "dice+ce")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 UPSAMPLE = ("transpose", "bilinear")
+RESIZE = ("stretch", "scale")  # catseg.inference.RESIZE_POLICIES, kept here so config imports no torch
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -34,7 +35,11 @@ class TrainConfig:
     upsample: str = _f("transpose", "unet: 'transpose' (learned) or 'bilinear' up-sampling")
     encoder: str = _f("resnet34", "smp-* models: encoder name (e.g. resnet18, resnet34, efficientnet-b0)")
     encoder_weights: str = _f("none", "smp-* models: 'none', 'imagenet' (downloads when online) or a local .pth/.safetensors file")
-    size: int = _f(256, "training input side in pixels: images are resized to SIZE x SIZE")
+    size: int = _f(256, "input size in pixels: the side of the square photos are stretched to (--resize stretch), "
+                        "or the shorter side they are scaled to (--resize scale)")
+    resize: str = _f("stretch", "size policy: stretch (whole photo to SIZE x SIZE) or scale (keep the aspect, shorter "
+                                "side SIZE; train on PATCH crops, predict with overlapping windows)")
+    patch: int = _f(0, "--resize scale: side of the training crops and prediction windows (0 = SIZE)")
     augment: str = _f("light", "joint image/mask augmentation: none, light or strong")
     loss: str = _f("dice+ce", "dice (the course's), ce (cross-entropy; BCE for two classes) or dice+ce")
     class_weights: str = _f("none", "cross-entropy class weights: none, auto (inverse sqrt frequency) or comma list")
@@ -62,12 +67,16 @@ class TrainConfig:
         if not self.out:
             problems.append("--out: give the run folder to write")
         for name, allowed in (("augment", AUGMENT_LEVELS), ("loss", LOSSES), ("device", DEVICES),
-                              ("precision", PRECISIONS), ("upsample", UPSAMPLE)):
+                              ("precision", PRECISIONS), ("upsample", UPSAMPLE), ("resize", RESIZE)):
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
         for name, low in (("width", 1), ("depth", 1), ("size", 16), ("epochs", 1), ("batch_size", 1)):
             if getattr(self, name) < low:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least {low}")
+        if self.patch and self.patch < 16:
+            problems.append(f"--patch {self.patch}: at least 16 (or 0 for the same as --size)")
+        if self.patch and self.resize == "stretch":
+            problems.append("--patch goes with --resize scale; with stretch the whole photo is one SIZE x SIZE input")
         if self.depth > 7:
             problems.append(f"--depth {self.depth}: at most 7 levels")
         if not self.lr > 0:

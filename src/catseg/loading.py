@@ -27,6 +27,7 @@ from PIL import Image
 
 from catseg.data import DatasetInfo, read_mask, to_rgb_array
 from catseg.errors import CatsegError
+from catseg.inference import resize_image, working_size
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,9 @@ class CachedSample:
     mask: np.ndarray  # (S, S) uint8 class ids, ignore value kept
 
 
-def load_resized(info: DatasetInfo, stem: str, side: int) -> CachedSample:
-    """Return the image and mask of `stem` stretched to side x side (bilinear / nearest)."""
+def load_resized(info: DatasetInfo, stem: str, size: int, policy: str = "stretch") -> CachedSample:
+    """Return the image and mask of `stem` resized by the size policy (bilinear or area / nearest):
+    `stretch` to size x size, `scale` so the shorter side is `size`."""
     image_path = info.image_path(stem)
     mask = read_mask(info.mask_path(stem))
     pil = Image.open(image_path)
@@ -57,58 +59,73 @@ def load_resized(info: DatasetInfo, stem: str, side: int) -> CachedSample:
             f"{image_path}: image is {width}x{height} but its mask {info.mask_path(stem)} is "
             f"{mask.shape[1]}x{mask.shape[0]}. Run `catseg check {info.root}` and re-create the mask."
         )
-    if pil.format == "JPEG" and min(width, height) >= 2 * side:
+    out_h, out_w = working_size(height, width, size, policy)
+    if pil.format == "JPEG" and height >= 2 * out_h and width >= 2 * out_w:
         # Let libjpeg decode at a reduced scale: several times faster for large photos.
-        pil.draft("RGB", (side, side))
+        pil.draft("RGB", (out_w, out_h))
     try:
         image = to_rgb_array(pil)
     except OSError as exc:
         raise CatsegError(f"{image_path}: cannot decode this image ({exc}). Re-export it as JPEG or PNG.") from exc
-    image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if image.shape[0] > side else cv2.INTER_LINEAR)
-    mask = cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST)
+    image = resize_image(image, out_h, out_w)
+    mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
     return CachedSample(stem, np.ascontiguousarray(image), np.ascontiguousarray(mask))
 
 
-def cache_samples(info: DatasetInfo, stems: Sequence[str], side: int, threads: int | None = None) -> list[CachedSample]:
+def cache_samples(info: DatasetInfo, stems: Sequence[str], size: int, policy: str = "stretch",
+                  threads: int | None = None) -> list[CachedSample]:
     """Return every (image, mask) pair decoded and resized once; decoding runs in threads
     (Pillow and OpenCV release the GIL while they work)."""
     threads = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda s: load_resized(info, s, side), stems))
+        return list(pool.map(lambda s: load_resized(info, s, size, policy), stems))
 
 
 def cache_side(size: int, augment: str) -> int:
-    """Return the side of the cached arrays for a training size and augmentation level."""
+    """Return the cached side (stretch) or shorter side (scale) for a training size and augmentation."""
     return int(round(size * _CACHE_SCALE[augment]))
 
 
-def build_augmentation(size: int, augment: str, ignore_index: int) -> A.Compose:
+def build_augmentation(size: int, augment: str, ignore_index: int, policy: str = "stretch",
+                       patch: int | None = None) -> A.Compose:
     """Return the joint image/mask augmentation for a level: none, light or strong.
 
+    `stretch`: the cached square is cropped at a random scale and resized to size x size.
+    `scale`: the cached image (shorter side `size` times the cache factor) is rescaled around the
+    working scale, then a patch x patch window is cut from it, padded where the image is smaller.
     Geometric transforms fill new mask pixels with the ignore value, so padding never teaches the
     model that the border is background.
     """
-    if augment == "none":
-        steps: list = [A.Resize(size, size)]
-    elif augment == "light":
-        steps = [
-            A.RandomResizedCrop((size, size), scale=(0.5, 1.0), ratio=(0.8, 1.25)),
-            A.HorizontalFlip(p=0.5),
-            A.RandomBrightnessContrast(0.15, 0.15, p=0.5),
-        ]
-    elif augment == "strong":
-        steps = [
-            A.Affine(scale=(0.8, 1.2), rotate=(-20, 20), translate_percent=(-0.05, 0.05), p=0.7,
-                     fill=0, fill_mask=ignore_index),
-            A.RandomResizedCrop((size, size), scale=(0.35, 1.0), ratio=(0.75, 1.33)),
-            A.HorizontalFlip(p=0.5),
-            A.ColorJitter(0.25, 0.25, 0.25, 0.05, p=0.7),
-            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
-            A.ToGray(p=0.05),
-        ]
-    else:
+    if augment not in _CACHE_SCALE:
         raise ValueError(f"unknown augmentation level {augment!r}")
-    return A.Compose(steps)
+    patch = patch or size
+    if policy == "stretch":
+        geometry = {
+            "none": [A.Resize(size, size)],
+            "light": [A.RandomResizedCrop((size, size), scale=(0.5, 1.0), ratio=(0.8, 1.25))],
+            "strong": [A.Affine(scale=(0.8, 1.2), rotate=(-20, 20), translate_percent=(-0.05, 0.05), p=0.7,
+                                fill=0, fill_mask=ignore_index),
+                       A.RandomResizedCrop((size, size), scale=(0.35, 1.0), ratio=(0.75, 1.33))],
+        }[augment]
+    elif policy == "scale":
+        cached = _CACHE_SCALE[augment]
+        low, high = {"none": (1.0, 1.0), "light": (0.8, 1.25), "strong": (0.7, 1.4)}[augment]
+        geometry = [] if augment == "none" else [
+            A.RandomScale(scale_limit=(low / cached - 1, high / cached - 1), p=1.0)]
+        if augment == "strong":
+            geometry.append(A.Affine(rotate=(-20, 20), p=0.5, fill=0, fill_mask=ignore_index))
+        geometry += [A.PadIfNeeded(patch, patch, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
+                     A.RandomCrop(patch, patch)]
+    else:
+        raise ValueError(f"unknown size policy {policy!r}")
+    photometric = {
+        "none": [],
+        "light": [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.15, 0.15, p=0.5)],
+        "strong": [A.HorizontalFlip(p=0.5), A.ColorJitter(0.25, 0.25, 0.25, 0.05, p=0.7),
+                   A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
+                   A.ToGray(p=0.05)],
+    }[augment]
+    return A.Compose(geometry + photometric)
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
@@ -117,9 +134,10 @@ class AugmentedDataset(torch.utils.data.Dataset):
     Normalisation happens on the device, on whole batches, so the loader moves only bytes.
     """
 
-    def __init__(self, samples: Sequence[CachedSample], size: int, augment: str, ignore_index: int, seed: int) -> None:
+    def __init__(self, samples: Sequence[CachedSample], size: int, augment: str, ignore_index: int, seed: int,
+                 policy: str = "stretch", patch: int | None = None) -> None:
         self.samples = list(samples)
-        self.transform = build_augmentation(size, augment, ignore_index)
+        self.transform = build_augmentation(size, augment, ignore_index, policy, patch)
         self.seed = seed
         self.set_epoch(0)
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from catseg.data import IMAGE_EXTENSIONS, atomic_write_bytes, mask_png_bytes, read_image
 from catseg.errors import CatsegError
+from catseg.inference import resize_image, sliding_window, working_size
 from catseg.loading import normalise
 from catseg.models import create_model, load_weights, rebuild_kwargs
 from catseg.run import WEIGHTS, RunConfig, read_run_config
@@ -51,22 +52,29 @@ class Predictor:
     def classes(self) -> list[str]:
         return self.config.classes
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.dtype):
+            return self.model(x.contiguous(memory_format=torch.channels_last))
+
     @torch.inference_mode()
     def predict_proba_batch(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Return per-class probabilities (K, H, W) float32 on the CPU for each (H, W, 3) uint8 photo, each at
-        its own size: the photo is resized to the training size, and the logits (not the mask) are resized
-        back, so edges stay smooth."""
-        side = self.config.size
-        resized = [cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA if min(im.shape[:2]) > side
-                              else cv2.INTER_LINEAR) for im in images]
-        x = normalise(torch.from_numpy(np.stack(resized)).to(self.device), self.config.mean, self.config.std)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
-            logits = self.model(x)
-        logits = logits.float()
+        its own size: the photo is resized by the run's size policy, and the logits (not the mask) are
+        resized back, so edges stay smooth."""
+        cfg = self.config
+        if cfg.resize == "stretch":
+            resized = np.stack([resize_image(im, cfg.size, cfg.size) for im in images])
+            x = normalise(torch.from_numpy(resized).to(self.device), cfg.mean, cfg.std)
+            logits = list(self._forward(x).float())
+        else:
+            logits = []
+            for im in images:
+                h, w = working_size(im.shape[0], im.shape[1], cfg.size, cfg.resize)
+                x = normalise(torch.from_numpy(resize_image(im, h, w)[None]).to(self.device), cfg.mean, cfg.std)
+                logits.append(sliding_window(self._forward, x[0], cfg.patch or cfg.size))
         out = []
-        for i, im in enumerate(images):
-            up = F.interpolate(logits[i:i + 1], size=im.shape[:2], mode="bilinear", align_corners=False)
+        for im, lg in zip(images, logits):
+            up = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)
             out.append(up[0].softmax(0).cpu())
         return out
 

@@ -47,7 +47,8 @@ class RunConfig:
     mean: list[float]
     std: list[float]
     size: int
-    resize: str = "stretch"  # the whole photo is resized to size x size; logits are resized back
+    resize: str = "stretch"  # stretch: photo -> size x size; scale: shorter side -> size (catseg.inference)
+    patch: int = 0  # scale: window side at prediction (0 = size)
     threshold: float | None = None  # two classes: foreground probability cut-off chosen on validation
     train: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
@@ -66,7 +67,8 @@ class RunConfig:
             "classes": self.classes,
             "colors": self.colors,
             "ignore_index": self.ignore_index,
-            "preprocess": {"mean": self.mean, "std": self.std, "size": self.size, "resize": self.resize},
+            "preprocess": {"mean": self.mean, "std": self.std, "size": self.size, "resize": self.resize,
+                           "patch": self.patch or self.size},
             "threshold": self.threshold,
             "dataset": self.dataset,
             "train": self.train,
@@ -82,11 +84,14 @@ class RunConfig:
             if doc.get("version") != RUN_VERSION:
                 raise KeyError(f"version {doc.get('version')!r}; this catseg reads version {RUN_VERSION}")
             pre = doc["preprocess"]
+            if pre.get("resize", "stretch") not in ("stretch", "scale"):
+                raise ValueError(f"size policy {pre.get('resize')!r} is unknown to this catseg; upgrade catseg")
             return cls(
                 model=doc["model"]["name"], model_kwargs=dict(doc["model"]["kwargs"]),
                 in_channels=int(doc["model"]["in_channels"]), classes=list(doc["classes"]),
                 colors=[list(c) for c in doc["colors"]], ignore_index=int(doc["ignore_index"]),
                 mean=list(pre["mean"]), std=list(pre["std"]), size=int(pre["size"]), resize=pre.get("resize", "stretch"),
+                patch=int(pre.get("patch", pre["size"])),
                 threshold=doc.get("threshold"), train=dict(doc.get("train", {})), scores=dict(doc.get("scores", {})),
                 versions=dict(doc.get("versions", {})), dataset=doc.get("dataset", ""),
             )

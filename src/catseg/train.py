@@ -20,6 +20,7 @@ import torch
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, atomic_write_bytes, atomic_write_json, read_dataset
 from catseg.errors import CatsegError
+from catseg.inference import sliding_window, window_starts
 from catseg.loading import (AugmentedDataset, CachedSample, cache_samples, cache_side, normalise, seed_worker,
                             stack_batch)
 from catseg.losses import SegmentationLoss, class_weights_from_frequency
@@ -139,18 +140,23 @@ class _Context:
     num_classes: int
     ignore_index: int
     scaler: Any = None
+    resize: str = "stretch"
+    patch: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised (B, C, H, W) inputs, in the run's precision and memory layout."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            return self.model(x)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        x = normalise(images.to(self.device, non_blocking=True), self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return normalise(images.to(self.device, non_blocking=True), self.mean, self.std)
 
 
 def _train_step(ctx: _Context, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor) -> float:
-    x = ctx.inputs(images)
-    y = masks.to(ctx.device, non_blocking=True)
-    with autocast(ctx.device, ctx.dtype):
-        logits = ctx.model(x)
-    loss = ctx.loss_fn(logits.float(), y)
+    logits = ctx.forward(ctx.inputs(images))
+    loss = ctx.loss_fn(logits.float(), masks.to(ctx.device, non_blocking=True))
     optimizer.zero_grad(set_to_none=True)
     if ctx.scaler is not None:
         ctx.scaler.scale(loss).backward()
@@ -169,12 +175,12 @@ def _validate(ctx: _Context, samples: Sequence[CachedSample], classes: Sequence[
     calibration = CalibrationAccumulator()
     thresholds = ThresholdSearch() if ctx.num_classes == 2 else None
     loss_sum, count = 0.0, 0
-    for start in range(0, len(samples), batch_size):
-        images, masks = stack_batch(samples[start:start + batch_size])
+    for images, masks in _validation_batches(samples, batch_size, ctx.resize):
         y = masks.to(ctx.device)
-        with autocast(ctx.device, ctx.dtype):
-            logits = ctx.model(ctx.inputs(images))
-        logits = logits.float()
+        if ctx.resize == "stretch":
+            logits = ctx.forward(ctx.inputs(images)).float()
+        else:  # one photo of its own shape, covered by overlapping windows as at prediction
+            logits = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None]
         loss_sum += float(ctx.loss_fn(logits, y)) * len(images)
         count += len(images)
         probs = logits.softmax(1)
@@ -190,6 +196,14 @@ def _validate(ctx: _Context, samples: Sequence[CachedSample], classes: Sequence[
     if thresholds is not None:
         out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
     return out
+
+
+def _validation_batches(samples: Sequence[CachedSample], batch_size: int,
+                        resize: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images, masks): stacked squares under stretch, one photo at a time under scale."""
+    step = batch_size if resize == "stretch" else 1
+    for start in range(0, len(samples), step):
+        yield stack_batch(samples[start:start + step])
 
 
 def _nan(value: float | None) -> float:
@@ -227,8 +241,8 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
 
     side = cache_side(config.size, config.augment)
     log.info("caching %d training and %d validation images at %dpx ...", len(train_stems), len(val_stems), side)
-    train_cache = cache_samples(info, train_stems, side)
-    val_cache = cache_samples(info, val_stems, config.size)
+    train_cache = cache_samples(info, train_stems, side, config.resize)
+    val_cache = cache_samples(info, val_stems, config.size, config.resize)
 
     torch.manual_seed(config.seed)
     kwargs = model_kwargs(config.model, config)
@@ -240,19 +254,21 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
     loss_fn = SegmentationLoss(config.loss, info.num_classes, info.ignore_index, weights).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    patch = config.patch or config.size
     ctx = _Context(model, loss_fn, device, dtype, pre["mean"], pre["std"], channels_last, info.num_classes,
-                   info.ignore_index, scaler)
+                   info.ignore_index, scaler, config.resize, patch)
 
     run_config = RunConfig(
         model=config.model, model_kwargs=kwargs, in_channels=3, classes=info.classes,
         colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, mean=pre["mean"], std=pre["std"],
-        size=config.size, train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
+        size=config.size, resize=config.resize, patch=patch, train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
                                  "workers_used": workers, "threads_used": threads},
         versions=versions(), dataset=str(Path(config.dataset).resolve()),
     )
     atomic_write_json(run_dir / SPLITS_JSON, {"train": train_stems, "val": val_stems})
 
-    dataset = AugmentedDataset(train_cache, config.size, config.augment, info.ignore_index, config.seed)
+    dataset = AugmentedDataset(train_cache, config.size, config.augment, info.ignore_index, config.seed,
+                               config.resize, patch)
     if len(dataset) < 2:
         # BatchNorm cannot normalise a batch of one image (pooling layers see one value per channel).
         raise CatsegError(f"{info.root}: {len(dataset)} training image after the validation split; "
@@ -389,7 +405,7 @@ def _estimate_epoch_seconds(ctx: _Context, dataset: AugmentedDataset, val_cache:
 
     probe = copy.deepcopy(ctx.model)
     probe_ctx = _Context(probe, ctx.loss_fn, ctx.device, ctx.dtype, ctx.mean, ctx.std, ctx.channels_last,
-                         ctx.num_classes, ctx.ignore_index, None)
+                         ctx.num_classes, ctx.ignore_index, None, ctx.resize, ctx.patch)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
     n = min(len(dataset), batch_size)
     batch = [dataset[i] for i in range(n)]
@@ -404,8 +420,13 @@ def _estimate_epoch_seconds(ctx: _Context, dataset: AugmentedDataset, val_cache:
         torch.cuda.synchronize()
     step_seconds = (time.perf_counter() - t0) / 2 * (batch_size / n)
     del probe, optimizer
-    # A forward pass costs about a third of a training step.
-    val_seconds = math.ceil(len(val_cache) / batch_size) * step_seconds / 3
+    # A forward pass costs about a third of a training step; under scale each photo is several windows.
+    if ctx.resize == "stretch":
+        windows = len(val_cache)
+    else:
+        windows = sum(len(window_starts(s.mask.shape[0], ctx.patch, 0.5))
+                      * len(window_starts(s.mask.shape[1], ctx.patch, 0.5)) for s in val_cache)
+    val_seconds = windows / batch_size * step_seconds / 3
     return steps_per_epoch * step_seconds + val_seconds
 
 

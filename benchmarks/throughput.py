@@ -11,7 +11,8 @@ Each part runs in its own process so that its peak resident memory is its own. P
                   images decoded and resized from disk in the loader on every step
   predict-catseg  one 1024x640 JPEG, end to end (decode -> mask PNG on disk), and a batch of 16
   predict-course  the same with fp32, default memory layout, as the reference
-  predict-huge    one 6000x4000 photo, to show memory stays bounded
+  predict-huge    one 6000x4000 photo, to show memory stays bounded (stretch policy, and the same
+                  network under the scale policy with overlapping windows)
 It prints a table and, last, one JSON line with every figure and the ratios. Run it on an idle
 machine: a second busy process on a 2-core CPU slows PyTorch's thread pool many times over.
 """
@@ -219,9 +220,25 @@ def part_predict_huge(args: argparse.Namespace) -> dict:
     return {"predict_huge_s": time.perf_counter() - t0, "predict_huge_peak_mb": _peak_rss_mb()}
 
 
+def part_predict_huge_scale(args: argparse.Namespace) -> dict:
+    """The same network under the `scale` policy (sliding windows), which a fully convolutional model allows."""
+    from catseg.predict import predict_files
+
+    run = args.work / "run-scale"
+    if not run.exists():
+        shutil.copytree(args.work / "run", run)
+        config = json.loads((run / "config.json").read_text())
+        config["preprocess"].update({"resize": "scale", "patch": SIZE})
+        (run / "config.json").write_text(json.dumps(config))
+    photo = _photo_file(args.work / "huge.jpg", 4000, 6000, 7)
+    t0 = time.perf_counter()
+    predict_files(run, [str(photo)], args.work / "huge_scale_out", force=True, device="cpu")
+    return {"predict_huge_scale_s": time.perf_counter() - t0, "predict_huge_scale_peak_mb": _peak_rss_mb()}
+
+
 PARTS = {"matmul": part_matmul, "train-catseg": part_train_catseg, "train-course": part_train_course,
          "predict-catseg": part_predict_catseg, "predict-course": part_predict_course,
-         "predict-huge": part_predict_huge}
+         "predict-huge": part_predict_huge, "predict-huge-scale": part_predict_huge_scale}
 
 
 def _run_part(name: str, args: argparse.Namespace) -> dict:
@@ -247,7 +264,9 @@ def _table(r: dict) -> str:
         ("predict 1024x640, catseg", f"{r['predict_catseg_ms']:.0f} ms", f"{r['predict_catseg_peak_mb']:.0f} MB"),
         ("  speed-up over the course", f"{r['predict_speedup']:.2f}x", ""),
         ("predict a batch of 16 1024x640 files", f"{r['predict_catseg_batch_img_s']:.1f} img/s", ""),
-        ("predict one 6000x4000 photo", f"{r['predict_huge_s']:.1f} s", f"{r['predict_huge_peak_mb']:.0f} MB"),
+        ("predict one 6000x4000 photo (stretch)", f"{r['predict_huge_s']:.1f} s", f"{r['predict_huge_peak_mb']:.0f} MB"),
+        ("predict one 6000x4000 photo (scale, windows)", f"{r['predict_huge_scale_s']:.1f} s",
+         f"{r['predict_huge_scale_peak_mb']:.0f} MB"),
     ]
     width = max(len(a) for a, _, _ in rows)
     lines = [f"{'measure':{width}s}  {'figure':>28s}  {'peak RSS':>9s}"]
@@ -273,7 +292,8 @@ def main() -> None:
     try:
         args.work, args.data = work, make_dataset(work / "data")
         results: dict = {"cpu_count": os.cpu_count()}
-        for name in ("matmul", "train-catseg", "train-course", "predict-catseg", "predict-course", "predict-huge"):
+        for name in ("matmul", "train-catseg", "train-course", "predict-catseg", "predict-course", "predict-huge",
+                     "predict-huge-scale"):
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results.update(_run_part(name, args))
         results["train_speedup"] = results["train_catseg_img_s"] / results["train_course_img_s"]

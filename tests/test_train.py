@@ -175,3 +175,22 @@ def test_scale_policy_trains_on_crops_and_predicts_any_size(tmp_path: Path) -> N
 def test_patch_needs_the_scale_policy() -> None:
     with pytest.raises(CatsegError, match="--patch goes with --resize scale"):
         TrainConfig(dataset="d", out="r", patch=64).validate()
+
+
+def test_disk_cache_trains_the_same_as_memory(tmp_path: Path, tiny_dataset: Path) -> None:
+    import glob
+    import tempfile
+
+    before = set(glob.glob(str(Path(tempfile.gettempdir()) / "catseg-cache-*")))
+    memory = fit(_config(tiny_dataset, tmp_path / "m", epochs=2, cache="memory", augment="none"))
+    disk = fit(_config(tiny_dataset, tmp_path / "d", epochs=2, cache="disk", augment="none"))
+    assert [r["train_loss"] for r in memory.history] == pytest.approx([r["train_loss"] for r in disk.history],
+                                                                      rel=1e-5)
+    assert set(glob.glob(str(Path(tempfile.gettempdir()) / "catseg-cache-*"))) == before  # cleaned up
+
+
+def test_cache_estimate_says_when_memory_is_not_enough() -> None:
+    from catseg.loading import cache_fits_in_memory
+
+    assert cache_fits_in_memory(100, 256, "stretch")
+    assert not cache_fits_in_memory(10**9, 256, "stretch")

@@ -16,6 +16,7 @@ LOSSES = ("dice", "ce", "dice+ce")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 UPSAMPLE = ("transpose", "bilinear")
+CACHE = ("auto", "memory", "disk")
 RESIZE = ("stretch", "scale")  # catseg.inference.RESIZE_POLICIES, kept here so config imports no torch
 
 
@@ -56,6 +57,8 @@ class TrainConfig:
     device: str = _f("auto", "auto (CUDA when present), cpu or cuda")
     precision: str = _f("auto", "auto (bf16 where the hardware supports it), fp32, bf16 or fp16 (CUDA)")
     workers: int = _f(-1, "data-loading worker processes; -1 picks for this machine")
+    cache: str = _f("auto", "where decoded images are kept: memory, disk (memory-mapped files, for datasets larger "
+                            "than memory) or auto (disk only when memory would not hold them)")
     resume: bool = _f(False, "continue an interrupted run in OUT (optimizer, schedule, epoch, RNG)")
     force: bool = _f(False, "replace an existing run folder OUT")
 
@@ -67,7 +70,8 @@ class TrainConfig:
         if not self.out:
             problems.append("--out: give the run folder to write")
         for name, allowed in (("augment", AUGMENT_LEVELS), ("loss", LOSSES), ("device", DEVICES),
-                              ("precision", PRECISIONS), ("upsample", UPSAMPLE), ("resize", RESIZE)):
+                              ("precision", PRECISIONS), ("upsample", UPSAMPLE), ("resize", RESIZE),
+                              ("cache", CACHE)):
             if getattr(self, name) not in allowed:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
         for name, low in (("width", 1), ("depth", 1), ("size", 16), ("epochs", 1), ("batch_size", 1)):

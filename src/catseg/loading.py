@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 # albumentations asks the internet for its latest version at import unless told not to; catseg must
 # work offline and never touch the network unasked.
@@ -73,12 +74,41 @@ def load_resized(info: DatasetInfo, stem: str, size: int, policy: str = "stretch
 
 
 def cache_samples(info: DatasetInfo, stems: Sequence[str], size: int, policy: str = "stretch",
-                  threads: int | None = None) -> list[CachedSample]:
+                  threads: int | None = None, disk_dir: Path | None = None) -> list[CachedSample]:
     """Return every (image, mask) pair decoded and resized once; decoding runs in threads
-    (Pillow and OpenCV release the GIL while they work)."""
+    (Pillow and OpenCV release the GIL while they work).
+
+    With `disk_dir`, each array is written there as .npy and memory-mapped back, so a dataset larger
+    than memory is paged in by the operating system (and shared with loader workers) as needed.
+    """
     threads = threads or min(8, os.cpu_count() or 1)
+    if disk_dir is not None:
+        disk_dir.mkdir(parents=True, exist_ok=True)
+
+    def load(index_stem: tuple[int, str]) -> CachedSample:
+        sample = load_resized(info, index_stem[1], size, policy)
+        return sample if disk_dir is None else _to_disk(sample, disk_dir / f"{index_stem[0]:06d}")
+
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return list(pool.map(lambda s: load_resized(info, s, size, policy), stems))
+        return list(pool.map(load, enumerate(stems)))
+
+
+def _to_disk(sample: CachedSample, prefix: Path) -> CachedSample:
+    np.save(f"{prefix}_image.npy", sample.image)
+    np.save(f"{prefix}_mask.npy", sample.mask)
+    return CachedSample(sample.stem, np.load(f"{prefix}_image.npy", mmap_mode="r"),
+                        np.load(f"{prefix}_mask.npy", mmap_mode="r"))
+
+
+def cache_fits_in_memory(count: int, side: int, policy: str, share: float = 0.5) -> bool:
+    """Return True when `count` cached samples (image + mask bytes) take under `share` of the memory
+    available now. Under `scale` the longer side is unknown before decoding; 1.5x the shorter is assumed."""
+    per_sample = side * side * 4 * (1.5 if policy == "scale" else 1.0)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return True
+    return count * per_sample < share * available
 
 
 def cache_side(size: int, augment: str) -> int:
@@ -151,7 +181,9 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
         out = self.transform(image=sample.image, mask=sample.mask)
-        return torch.from_numpy(np.ascontiguousarray(out["image"])), torch.from_numpy(out["mask"].astype(np.int64))
+        # np.require copies only when needed: a memory-mapped cache gives read-only arrays
+        image = np.require(out["image"], dtype=np.uint8, requirements=["C", "W"])
+        return torch.from_numpy(image), torch.from_numpy(out["mask"].astype(np.int64))
 
 
 def seed_worker(worker_id: int) -> None:

@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, atomic_write_bytes, atomic_write_json, read_dataset
 from catseg.errors import CatsegError
 from catseg.inference import sliding_window, window_starts
-from catseg.loading import (AugmentedDataset, CachedSample, cache_samples, cache_side, normalise, seed_worker,
-                            stack_batch)
+from catseg.loading import (AugmentedDataset, CachedSample, cache_fits_in_memory, cache_samples, cache_side,
+                            normalise, seed_worker, stack_batch)
 from catseg.losses import SegmentationLoss, class_weights_from_frequency
 from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for, save_weights
@@ -234,15 +235,32 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
     run_dir = _prepare_run_dir(config)
+    resolve_precision(config.precision, resolve_device(config.device))  # fail on a bad device before decoding
+    side = cache_side(config.size, config.augment)
+    on_disk = config.cache == "disk" or (
+        config.cache == "auto" and not cache_fits_in_memory(len(train_stems) + len(val_stems), side, config.resize))
+    cache_dir = Path(tempfile.mkdtemp(prefix="catseg-cache-")) if on_disk else None
+    try:
+        log.info("caching %d training and %d validation images at %dpx %s...", len(train_stems), len(val_stems),
+                 side, f"on disk in {cache_dir} " if cache_dir else "")
+        train_cache = cache_samples(info, train_stems, side, config.resize, disk_dir=cache_dir)
+        val_cache = cache_samples(info, val_stems, config.size, config.resize, disk_dir=cache_dir / "val"
+                                  if cache_dir else None)
+        return _fit_cached(config, info, run_dir, state, train_stems, val_stems, train_cache, val_cache, started,
+                           progress)
+    finally:
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: dict[str, Any] | None,
+                train_stems: list[str], val_stems: list[str], train_cache: list[CachedSample],
+                val_cache: list[CachedSample], started: float, progress: bool) -> FitResult:
+    """Train on decoded samples; the rest of fit(), after the data is in memory or mapped from disk."""
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     workers = config.workers if config.workers >= 0 else default_workers(device)
     threads = configure_threads(workers) if device.type == "cpu" else torch.get_num_threads()
-
-    side = cache_side(config.size, config.augment)
-    log.info("caching %d training and %d validation images at %dpx ...", len(train_stems), len(val_stems), side)
-    train_cache = cache_samples(info, train_stems, side, config.resize)
-    val_cache = cache_samples(info, val_stems, config.size, config.resize)
 
     torch.manual_seed(config.seed)
     kwargs = model_kwargs(config.model, config)

@@ -68,3 +68,9 @@ def test_other_classes_are_refused(tiny_run: Path, tmp_path: Path) -> None:
     other = make_tiny_dataset(tmp_path / "three", classes=("background", "square", "disc"))
     with pytest.raises(CatsegError, match="differ from the run"):
         evaluate(tiny_run, other, out_dir=tmp_path / "e", device="cpu")
+
+
+def test_evaluate_records_tta(tiny_run: Path, tmp_path: Path) -> None:
+    config = json.loads((tiny_run / "config.json").read_text())
+    summary = evaluate(tiny_run, config["dataset"], out_dir=tmp_path / "t", device="cpu", tta=True)
+    assert summary["tta"] == {"flip": True, "scales": [1.0]}

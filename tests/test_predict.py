@@ -134,3 +134,18 @@ def test_not_a_run_folder(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"format": "something"}))
     with pytest.raises(CatsegError, match="not a catseg run"):
         Predictor.from_run(tmp_path)
+
+
+def test_flip_tta_is_mirror_symmetric_and_averages(tiny_run: Path) -> None:
+    plain = Predictor.from_run(tiny_run, device="cpu", precision="fp32")
+    tta = Predictor.from_run(tiny_run, device="cpu", precision="fp32", tta=True)
+    photo = _photo(37, 53, 3)
+    mirrored = np.ascontiguousarray(photo[:, ::-1])
+    p, pm = tta.predict_proba(photo), tta.predict_proba(mirrored)
+    assert torch.allclose(p, pm.flip(-1), atol=1e-5)
+    expected = (plain.predict_proba(photo) + plain.predict_proba(mirrored).flip(-1)) / 2
+    assert torch.allclose(p, expected, atol=1e-5)
+    scaled = Predictor.from_run(tiny_run, device="cpu", precision="fp32", tta_scales=(0.75, 1.0, 1.25))
+    assert scaled.predict_proba(photo).shape == (2, 37, 53)
+    with pytest.raises(CatsegError, match="--tta-scales"):
+        Predictor.from_run(tiny_run, device="cpu", tta_scales=(10.0,))

@@ -137,6 +137,19 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tta_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict the mirrored photo "
+                                                       "and average (about 2x slower)")
+    p.add_argument("--tta-scales", default="1", help="comma list of size factors to average over, e.g. 0.75,1,1.25")
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CatsegError(f"--tta-scales {text!r}: give numbers such as 0.75,1,1.25") from None
+
+
 # ----------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="score a run on a dataset at original resolution",
@@ -149,6 +162,7 @@ def _add_evaluate(sub: Any) -> None:
                                                           "(default: RUN/eval-<dataset>-<split>)")
     p.add_argument("--threshold", type=float, default=None, help="two classes: override the stored threshold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_tta_flags(p)
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.set_defaults(handler=_run_evaluate)
 
@@ -157,7 +171,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from catseg.evaluate import evaluate, format_summary
 
     summary = evaluate(args.run, args.dataset, split=args.split or None, out_dir=args.out,
-                       threshold=args.threshold, device=args.device, force=args.force)
+                       threshold=args.threshold, device=args.device, force=args.force, tta=args.tta,
+                       tta_scales=_scales(args.tta_scales))
     print(format_summary(summary))
     return 0
 
@@ -176,6 +191,7 @@ def _add_predict(sub: Any) -> None:
                                                                   "(default: the one chosen on validation)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass")
+    _add_tta_flags(p)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(handler=_run_predict)
 
@@ -185,7 +201,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     written = predict_files(args.run, args.inputs, args.out, formats=formats, threshold=args.threshold,
-                            device=args.device, batch_size=args.batch_size, force=args.force)
+                            device=args.device, batch_size=args.batch_size, force=args.force, tta=args.tta,
+                            tta_scales=_scales(args.tta_scales))
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 

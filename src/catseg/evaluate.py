@@ -7,6 +7,7 @@ import io
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[
 
 def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = None, out_dir: str | Path | None = None,
              threshold: float | None = None, device: str = "auto", force: bool = False,
-             predictor: Predictor | None = None) -> dict[str, Any]:
+             predictor: Predictor | None = None, tta: bool = False,
+             tta_scales: Sequence[float] = (1.0,)) -> dict[str, Any]:
     """Return the scores of a run on a dataset (see the README's summary.json) and write them to out_dir."""
     run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
     split_name, stems = _choose_stems(run_dir, dataset_dir, split)
@@ -57,7 +59,7 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
             raise CatsegError(f"{out}: already exists. Pass --out elsewhere or --force to replace it.")
         shutil.rmtree(out)
     info = read_dataset(dataset_dir)
-    predictor = predictor or Predictor.from_run(run_dir, device=device)
+    predictor = predictor or Predictor.from_run(run_dir, device=device, tta=tta, tta_scales=tta_scales)
     if info.classes != predictor.classes:
         raise CatsegError(f"{dataset_dir}: classes {info.classes} differ from the run's {predictor.classes}; "
                           "evaluate on a dataset with the same classes.")
@@ -76,7 +78,8 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
     summary = metrics.summary()
     used = threshold if threshold is not None else predictor.config.threshold
     summary.update({"run": str(run_dir), "dataset_dir": str(dataset_dir), "split": split_name,
-                    "threshold": used if info.num_classes == 2 else None, "ece": _clean(calibration.ece())})
+                    "threshold": used if info.num_classes == 2 else None, "ece": _clean(calibration.ece()),
+                    "tta": {"flip": predictor.tta, "scales": list(predictor.tta_scales)}})
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", summary)
     _write_rows(out / "per_image.csv", metrics.per_image_rows())

@@ -30,15 +30,23 @@ FORMATS = ("mask", "overlay", "prob", "npy")
 class Predictor:
     """A trained model with its preprocessing, rebuilt from a run folder alone."""
 
-    def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                 tta: bool = False, tta_scales: Sequence[float] = (1.0,)) -> None:
         self.config = config
         self.model = model.eval()
         self.device = device
         self.dtype = dtype
+        self.tta = tta  # also average over the horizontally flipped photo
+        self.tta_scales = tuple(tta_scales)  # and over these multiples of the working size
+        bad = [v for v in self.tta_scales if not 0.25 <= v <= 4.0]
+        if bad or not self.tta_scales:
+            raise CatsegError(f"--tta-scales {','.join(map(str, self.tta_scales))}: give factors between 0.25 and 4, "
+                              "e.g. 0.75,1,1.25")
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
-        """Return a Predictor for the best weights of a run folder."""
+    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto", tta: bool = False,
+                 tta_scales: Sequence[float] = (1.0,)) -> Predictor:
+        """Return a Predictor for the best weights of a run folder (with test-time augmentation if asked)."""
         run_dir = Path(run_dir)
         config = read_run_config(run_dir)
         model = create_model(config.model, in_channels=config.in_channels, num_classes=config.num_classes,
@@ -46,7 +54,7 @@ class Predictor:
         load_weights(model, run_dir / WEIGHTS)
         dev = resolve_device(device)
         model.to(dev, memory_format=torch.channels_last)
-        return cls(config, model, dev, resolve_precision(precision, dev))
+        return cls(config, model, dev, resolve_precision(precision, dev), tta, tta_scales)
 
     @property
     def classes(self) -> list[str]:
@@ -56,27 +64,39 @@ class Predictor:
         with autocast(self.device, self.dtype):
             return self.model(x.contiguous(memory_format=torch.channels_last))
 
+    def _logits(self, images: Sequence[np.ndarray], size: int) -> list[torch.Tensor]:
+        """Return working-scale logits (K, h, w) per photo, for the run's size policy at `size`."""
+        cfg = self.config
+        if cfg.resize == "stretch":
+            resized = np.stack([resize_image(im, size, size) for im in images])
+            x = normalise(torch.from_numpy(resized).to(self.device), cfg.mean, cfg.std)
+            return list(self._forward(x).float())
+        logits = []
+        for im in images:
+            h, w = working_size(im.shape[0], im.shape[1], size, cfg.resize)
+            x = normalise(torch.from_numpy(resize_image(im, h, w)[None]).to(self.device), cfg.mean, cfg.std)
+            logits.append(sliding_window(self._forward, x[0], cfg.patch or cfg.size))
+        return logits
+
     @torch.inference_mode()
     def predict_proba_batch(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
         """Return per-class probabilities (K, H, W) float32 on the CPU for each (H, W, 3) uint8 photo, each at
         its own size: the photo is resized by the run's size policy, and the logits (not the mask) are
-        resized back, so edges stay smooth."""
-        cfg = self.config
-        if cfg.resize == "stretch":
-            resized = np.stack([resize_image(im, cfg.size, cfg.size) for im in images])
-            x = normalise(torch.from_numpy(resized).to(self.device), cfg.mean, cfg.std)
-            logits = list(self._forward(x).float())
-        else:
-            logits = []
-            for im in images:
-                h, w = working_size(im.shape[0], im.shape[1], cfg.size, cfg.resize)
-                x = normalise(torch.from_numpy(resize_image(im, h, w)[None]).to(self.device), cfg.mean, cfg.std)
-                logits.append(sliding_window(self._forward, x[0], cfg.patch or cfg.size))
-        out = []
-        for im, lg in zip(images, logits):
-            up = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)
-            out.append(up[0].softmax(0).cpu())
-        return out
+        resized back, so edges stay smooth. With test-time augmentation the probabilities of every
+        flip and scale are averaged."""
+        flips = (False, True) if self.tta else (False,)
+        sums: list[torch.Tensor | None] = [None] * len(images)
+        for scale in self.tta_scales:
+            size = max(16, round(self.config.size * scale))
+            for flip in flips:
+                batch = [np.ascontiguousarray(im[:, ::-1]) if flip else im for im in images]
+                for i, (im, lg) in enumerate(zip(images, self._logits(batch, size))):
+                    probs = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0]
+                    probs = probs.softmax(0)
+                    probs = probs.flip(-1) if flip else probs
+                    sums[i] = probs if sums[i] is None else sums[i] + probs
+        runs = len(self.tta_scales) * len(flips)
+        return [(total / runs).cpu() for total in sums if total is not None]
 
     def predict_proba(self, image: np.ndarray) -> torch.Tensor:
         """Return (K, H, W) float32 probabilities for one (H, W, 3) uint8 photo."""
@@ -205,7 +225,7 @@ def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor, mask: np.ndarray, 
 
 def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path, formats: Sequence[str] = ("mask",),
                   threshold: float | None = None, device: str = "auto", batch_size: int = 4,
-                  force: bool = False) -> list[Path]:
+                  force: bool = False, tta: bool = False, tta_scales: Sequence[float] = (1.0,)) -> list[Path]:
     """Predict every input photo and write the chosen formats into out_dir; return the written paths.
 
     Every output name is checked before anything is written, so a refusal leaves no partial output.
@@ -218,7 +238,7 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     files = expand_inputs(inputs)
     _check_readable(files)
     out_dir = Path(out_dir)
-    predictor = Predictor.from_run(run_dir, device=device)
+    predictor = Predictor.from_run(run_dir, device=device, tta=tta, tta_scales=tta_scales)
     plan = _output_paths(files, out_dir, formats, predictor.classes)
     existing = [p for outs in plan.values() for paths in outs.values() for p in paths if p.exists()]
     if existing and not force:

@@ -194,3 +194,17 @@ def test_cache_estimate_says_when_memory_is_not_enough() -> None:
 
     assert cache_fits_in_memory(100, 256, "stretch")
     assert not cache_fits_in_memory(10**9, 256, "stretch")
+
+
+def test_clean_up_choice_is_recorded_and_applied(tiny_run: Path) -> None:
+    from catseg.postprocess import Postprocess
+    from catseg.predict import Predictor
+
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert "postprocess" in config and "none" in config["scores"]["postprocess_val_miou"]
+    predictor = Predictor.from_run(tiny_run, device="cpu")
+    assert predictor.postprocess == Postprocess.from_json(config["postprocess"])
+    predictor.postprocess = Postprocess(0.5, False)  # drops every object smaller than half the photo
+    probs = torch.zeros(2, 20, 20)
+    probs[1, 2:5, 2:5] = 1.0
+    assert predictor.labels_from_proba(probs, 0.5).sum() == 0

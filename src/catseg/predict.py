@@ -19,6 +19,7 @@ from catseg.errors import CatsegError
 from catseg.inference import resize_image, sliding_window, working_size
 from catseg.loading import normalise
 from catseg.models import create_model, load_weights, rebuild_kwargs
+from catseg.postprocess import Postprocess
 from catseg.run import WEIGHTS, RunConfig, read_run_config
 from catseg.runtime import autocast, resolve_device, resolve_precision
 
@@ -36,6 +37,7 @@ class Predictor:
         self.model = model.eval()
         self.device = device
         self.dtype = dtype
+        self.postprocess = Postprocess.from_json(config.postprocess)  # chosen on validation at training
         self.tta = tta  # also average over the horizontally flipped photo
         self.tta_scales = tuple(tta_scales)  # and over these multiples of the working size
         bad = [v for v in self.tta_scales if not 0.25 <= v <= 4.0]
@@ -108,8 +110,10 @@ class Predictor:
         if self.config.num_classes == 2 and threshold is not None:
             if not 0.0 < threshold < 1.0:
                 raise CatsegError(f"--threshold {threshold}: must be between 0 and 1")
-            return (probs[1] >= threshold).numpy().astype(np.uint8)
-        return probs.argmax(0).numpy().astype(np.uint8)
+            labels = (probs[1] >= threshold).numpy().astype(np.uint8)
+        else:
+            labels = probs.argmax(0).numpy().astype(np.uint8)
+        return self.postprocess(labels) if self.postprocess.active else labels
 
     def predict(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Return the (H, W) uint8 class-id mask of one photo, at the photo's own size."""

@@ -50,6 +50,7 @@ class RunConfig:
     resize: str = "stretch"  # stretch: photo -> size x size; scale: shorter side -> size (catseg.inference)
     patch: int = 0  # scale: window side at prediction (0 = size)
     threshold: float | None = None  # two classes: foreground probability cut-off chosen on validation
+    postprocess: dict[str, Any] = field(default_factory=dict)  # catseg.postprocess.Postprocess, chosen on val
     train: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -70,6 +71,7 @@ class RunConfig:
             "preprocess": {"mean": self.mean, "std": self.std, "size": self.size, "resize": self.resize,
                            "patch": self.patch or self.size},
             "threshold": self.threshold,
+            "postprocess": self.postprocess,
             "dataset": self.dataset,
             "train": self.train,
             "scores": self.scores,
@@ -92,7 +94,8 @@ class RunConfig:
                 colors=[list(c) for c in doc["colors"]], ignore_index=int(doc["ignore_index"]),
                 mean=list(pre["mean"]), std=list(pre["std"]), size=int(pre["size"]), resize=pre.get("resize", "stretch"),
                 patch=int(pre.get("patch", pre["size"])),
-                threshold=doc.get("threshold"), train=dict(doc.get("train", {})), scores=dict(doc.get("scores", {})),
+                threshold=doc.get("threshold"), postprocess=dict(doc.get("postprocess") or {}),
+                train=dict(doc.get("train", {})), scores=dict(doc.get("scores", {})),
                 versions=dict(doc.get("versions", {})), dataset=doc.get("dataset", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:

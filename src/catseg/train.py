@@ -27,6 +27,7 @@ from catseg.loading import (AugmentedDataset, CachedSample, cache_fits_in_memory
 from catseg.losses import SegmentationLoss, class_weights_from_frequency
 from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for, save_weights
+from catseg.postprocess import Postprocess, choose_postprocess
 from catseg.run import (CONFIG_JSON, CURVES_PNG, LAST_WEIGHTS, METRICS_CSV, SPLITS_JSON, TRAIN_STATE, WEIGHTS,
                         RunConfig, plot_curves, versions, write_metrics_csv)
 from catseg.runtime import (autocast, configure_threads, default_workers, precision_name, resolve_device,
@@ -197,6 +198,24 @@ def _validate(ctx: _Context, samples: Sequence[CachedSample], classes: Sequence[
     if thresholds is not None:
         out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
     return out
+
+
+@torch.inference_mode()
+def _choose_cleanup(ctx: _Context, samples: Sequence[CachedSample], threshold: float | None
+                    ) -> tuple[Postprocess, dict[str, float]]:
+    """Return the mask clean-up that scores best on the validation photos (at the working scale)."""
+    ctx.model.eval()
+    preds, truths = [], []
+    for images, masks in _validation_batches(samples, 8, ctx.resize):
+        if ctx.resize == "stretch":
+            probs = ctx.forward(ctx.inputs(images)).float().softmax(1)
+        else:
+            probs = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None].softmax(1)
+        labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
+        preds += list(labels.to(torch.uint8).cpu().numpy())
+        truths += list(masks.numpy().astype(np.uint8))
+    ctx.model.train()
+    return choose_postprocess(preds, truths, ctx.num_classes, ctx.ignore_index)
 
 
 def _validation_batches(samples: Sequence[CachedSample], batch_size: int,
@@ -377,6 +396,12 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
 
     if not (run_dir / WEIGHTS).is_file():
         save_weights(model, run_dir / WEIGHTS)
+    load_weights(model, run_dir / WEIGHTS)
+    cleanup, tried = _choose_cleanup(ctx, val_cache, best.get("threshold"))
+    run_config.postprocess = cleanup.to_json() if cleanup.active else {}
+    best["postprocess_val_miou"] = tried
+    log.info("post-processing on validation (mIoU): %s -> %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()),
+             "kept" if cleanup.active else "none kept")
     _finish_files(run_dir, run_config, history, best, info.classes)
     return FitResult(run_dir, epoch, int(best["epoch"]), float(best["val_miou"]), best.get("threshold"),
                      time.perf_counter() - started, history)
@@ -474,7 +499,8 @@ def _finish_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, 
                   classes: Sequence[str]) -> None:
     run_config.threshold = best.get("threshold")
     run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
-                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": len(history)}
+                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": len(history),
+                         "postprocess_val_miou": best.get("postprocess_val_miou", {})}
     atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
     write_metrics_csv(run_dir / METRICS_CSV, history)
     if history:

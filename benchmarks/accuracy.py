@@ -1,0 +1,105 @@
+"""Time to accuracy on the Oxford-IIIT Pet sample: the protocol of the accuracy issue.
+
+    python benchmarks/accuracy.py                          # budgets 2m,5m,10m,20m, default settings
+    python benchmarks/accuracy.py --budgets 10m --train-args "--size 128 --width 16"
+
+For each budget it runs the real command line: import the sample with the binary labels (border
+counted as pet), let `catseg train` split trainval 80/20 with seed 0, train with --time-budget,
+and evaluate on the held-out 20% at each photo's original resolution. It prints dataset-wide and
+per-image pet IoU per budget, a table, one JSON line, and writes a time-to-accuracy plot.
+Needs ../shared/data/oxford-pets-sample (or --data); run it on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"
+
+
+def _catseg(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "catseg.cli", "-q", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"catseg {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def run_budget(dataset: Path, work: Path, budget: str, train_args: list[str], tta: bool) -> dict:
+    """Train with one budget and return its scores."""
+    run = work / f"run-{budget}"
+    started = time.perf_counter()
+    _catseg("train", str(dataset), "--out", str(run), "--time-budget", budget, "--force", *train_args)
+    seconds = time.perf_counter() - started
+    out = work / f"eval-{budget}"
+    _catseg("evaluate", str(run), str(dataset), "--out", str(out), "--force", *(["--tta"] if tta else []))
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    return {"budget": budget, "train_seconds": round(seconds, 1), "epochs": config["scores"]["epochs"],
+            "pet_iou": summary["dataset"]["per_class"]["pet"]["iou"],
+            "pet_iou_per_image": summary["per_image"]["per_class"]["pet"]["iou"],
+            "miou": summary["dataset"]["miou"], "val_images": summary["num_images"],
+            "settings": {k: config["train"][k] for k in ("size", "resize", "width", "depth", "batch_size", "augment",
+                                                         "lr", "precision_used")}}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [r["train_seconds"] / 60 for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(minutes, [r["pet_iou"] for r in rows], "o-", label="pet IoU (dataset-wide)")
+    ax.plot(minutes, [r["pet_iou_per_image"] for r in rows], "s--", label="pet IoU (mean per image)")
+    for m, r in zip(minutes, rows):
+        ax.annotate(f"{r['pet_iou']:.3f}", (m, r["pet_iou"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xlabel("training time on this machine (minutes)")
+    ax.set_ylabel("IoU on held-out photos")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Oxford-IIIT Pet sample (release layout)")
+    parser.add_argument("--budgets", default="2m,5m,10m,20m", help="comma list of --time-budget values")
+    parser.add_argument("--train-args", default="", help="extra `catseg train` flags, quoted")
+    parser.add_argument("--tta", action="store_true", help="evaluate with test-time augmentation (mirror)")
+    parser.add_argument("--plot", type=Path, default=Path("accuracy.png"), help="where to write the plot")
+    parser.add_argument("--work", type=Path, default=None, help="keep datasets and runs here (default: a temp folder)")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"{args.data}: the Oxford-IIIT Pet sample is not there; pass --data")
+    work = args.work or Path(tempfile.mkdtemp(prefix="catseg-accuracy-"))
+    dataset = work / "pets"
+    if not dataset.exists():
+        _catseg("import", "oxford-pets", str(args.data), str(dataset), "--labels", "binary")
+    rows = []
+    for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
+        print(f"training with --time-budget {budget} ...", file=sys.stderr, flush=True)
+        rows.append(run_budget(dataset, work, budget, shlex.split(args.train_args), args.tta))
+        r = rows[-1]
+        print(f"  {budget}: pet IoU {r['pet_iou']:.4f} (per image {r['pet_iou_per_image']:.4f}), "
+              f"{r['epochs']} epochs, {r['train_seconds']:.0f}s", file=sys.stderr, flush=True)
+    print(f"{'budget':>7s} {'train s':>8s} {'epochs':>6s} {'pet IoU':>8s} {'per image':>9s} {'mIoU':>7s}")
+    for r in rows:
+        print(f"{r['budget']:>7s} {r['train_seconds']:8.0f} {r['epochs']:6d} {r['pet_iou']:8.4f} "
+              f"{r['pet_iou_per_image']:9.4f} {r['miou']:7.4f}")
+    print(f"settings: {rows[0]['settings']}; {rows[0]['val_images']} held-out photos; work folder {work}")
+    plot(rows, args.plot)
+    print(json.dumps({"rows": rows, "train_args": args.train_args, "tta": args.tta}))
+
+
+if __name__ == "__main__":
+    main()

@@ -208,3 +208,10 @@ def test_clean_up_choice_is_recorded_and_applied(tiny_run: Path) -> None:
     probs = torch.zeros(2, 20, 20)
     probs[1, 2:5, 2:5] = 1.0
     assert predictor.labels_from_proba(probs, 0.5).sum() == 0
+
+
+def test_progress_callback_sees_every_step(tmp_path: Path, tiny_dataset: Path) -> None:
+    reports = []
+    fit(_config(tiny_dataset, tmp_path / "run", epochs=2), progress=reports.append)
+    assert [(r.epoch, r.step) for r in reports] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(r.steps_per_epoch == 2 and r.loss > 0 and r.lr > 0 and r.images_per_s > 0 for r in reports)

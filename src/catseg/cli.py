@@ -7,10 +7,11 @@ message and exit status 2 (a traceback means a bug).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,18 +107,53 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- train
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[Any], None] | None]:
+    """Yield a per-step callback drawing one tqdm bar per epoch, or None when stderr is not a terminal
+    (logs then get one line per epoch from the library)."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    state: dict[str, Any] = {"bar": None, "epoch": None}
+
+    def update(report: Any) -> None:
+        if state["bar"] is None or state["epoch"] != report.epoch:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["bar"] = tqdm(total=report.steps_per_epoch, desc=f"epoch {report.epoch}", leave=False, unit="step")
+            state["epoch"] = report.epoch
+        state["bar"].set_postfix(loss=f"{report.loss:.3f}", img_s=f"{report.images_per_s:.1f}", lr=f"{report.lr:.2e}")
+        state["bar"].update(1)
+        if report.step >= report.steps_per_epoch:  # close before the library logs the epoch's line
+            state["bar"].close()
+            state["bar"], state["epoch"] = None, None
+
+    try:
+        yield update
+    finally:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+
+
 def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per dataclass field, so the CLI and the config can never drift apart."""
     for f in dataclasses.fields(cls):
         help_text = f.metadata.get("help", "")
+        if f.metadata.get("cli") is False:
+            continue
         if f.metadata.get("positional"):
             p.add_argument(f.name, help=help_text)
             continue
         flag = "--" + f.name.replace("_", "-")
+        # SUPPRESS leaves unset flags out of the namespace, so the config knows which ones the user gave.
         if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true", help=help_text)
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, required=bool(f.metadata.get("required")),
+            p.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS,
+                           required=bool(f.metadata.get("required")),
                            help=f"{help_text} (default: {f.default!r})" if f.default != "" else help_text)
 
 
@@ -131,8 +167,11 @@ def _add_train(sub: Any) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from catseg.train import fit
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    result = fit(config.validate(), progress=True)
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli") is not False]
+    given = [f.name for f in fields if hasattr(args, f.name) and f.name not in ("dataset", "out")]
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}, given=given)
+    with _progress_bar() as bar:
+        result = fit(config.validate(), progress=bar)
     print(result.summary())
     return 0
 
@@ -221,7 +260,8 @@ def _add_demo(sub: Any) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from catseg.demo import run_demo
 
-    report = run_demo(args.out, time_budget=args.time_budget, force=args.force, progress=True)
+    with _progress_bar() as bar:
+        report = run_demo(args.out, time_budget=args.time_budget, force=args.force, progress=bar)
     print(report.summary())
     return 0
 

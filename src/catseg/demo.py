@@ -130,8 +130,10 @@ class DemoReport:
 
 
 def run_demo(out_dir: str | Path = "catseg-demo", time_budget: str = "60s", force: bool = False,
-             progress: bool = False, size: int = 96, width: int = 16) -> DemoReport:
-    """Generate data, convert, train, evaluate and predict; return where everything is."""
+             progress: Any = None, size: int = 96, width: int = 16) -> DemoReport:
+    """Generate data, convert, train, evaluate and predict; return where everything is.
+
+    `progress` is passed to catseg.train.fit (a per-step callback)."""
     from catseg.config import TrainConfig
     from catseg.evaluate import evaluate
     from catseg.labelme import convert_labelme
@@ -155,7 +157,7 @@ def run_demo(out_dir: str | Path = "catseg-demo", time_budget: str = "60s", forc
     convert_labelme(labelme_dir, dataset_dir)
     log.info("3/5 training for %s", time_budget)
     fit(TrainConfig(dataset=str(dataset_dir), out=str(run_dir), size=size, width=width, depth=3,
-                    time_budget=time_budget, batch_size=8, lr=3e-3, seed=0).validate(), progress=progress)
+                    time_budget=time_budget, batch_size=8, lr=3e-3, seed=0, no_plan=True).validate(), progress=progress)
     log.info("4/5 evaluating on the validation photos at their own sizes")
     summary = evaluate(run_dir, dataset_dir)
     log.info("5/5 predicting masks for %s", new_photos)

@@ -7,10 +7,9 @@ import logging
 import math
 import random
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from catseg.loading import (AugmentedDataset, CachedSample, cache_fits_in_memory
 from catseg.losses import SegmentationLoss, class_weights_from_frequency
 from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for, save_weights
+from catseg.planner import plan_training
 from catseg.postprocess import Postprocess, choose_postprocess
 from catseg.run import (CONFIG_JSON, CURVES_PNG, LAST_WEIGHTS, METRICS_CSV, SPLITS_JSON, TRAIN_STATE, WEIGHTS,
                         RunConfig, plot_curves, versions, write_metrics_csv)
@@ -52,6 +52,21 @@ class FitResult:
         thr = f", threshold {self.threshold:.2f}" if self.threshold is not None else ""
         return (f"trained {self.epochs} epochs in {self.seconds:.0f}s; best validation mIoU {self.best_miou:.4f} "
                 f"at epoch {self.best_epoch}{thr}\nrun folder: {self.run_dir}")
+
+
+@dataclass
+class StepReport:
+    """Where training is, after one optimisation step (for progress displays)."""
+
+    epoch: int
+    step: int  # within the epoch, from 1
+    steps_per_epoch: int
+    loss: float
+    lr: float
+    images_per_s: float
+
+
+Progress = Callable[[StepReport], None]
 
 
 # ----------------------------------------------------------------------------- splits
@@ -243,8 +258,11 @@ def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[float, tuple
 
 
 # ----------------------------------------------------------------------------- fit
-def fit(config: TrainConfig, progress: bool = False) -> FitResult:
-    """Train a model as `config` says and return what it reached; the run folder is `config.out`."""
+def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
+    """Train a model as `config` says and return what it reached; the run folder is `config.out`.
+
+    `progress`, when given, is called after every step with a StepReport (the CLI draws a bar with it).
+    """
     started = time.perf_counter()
     config.validate()
     run_dir = Path(config.out)
@@ -254,6 +272,12 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
     run_dir = _prepare_run_dir(config)
+    plan_doc: dict[str, Any] = {}
+    if config.time_budget and not config.no_plan and not config.resume:
+        plan = plan_training(config, info, train_stems, set(config.given))
+        config, plan_doc = plan.config, plan.to_json()
+        for reason in plan.reasons:
+            log.info("plan: %s", reason)
     resolve_precision(config.precision, resolve_device(config.device))  # fail on a bad device before decoding
     side = cache_side(config.size, config.augment)
     on_disk = config.cache == "disk" or (
@@ -266,7 +290,7 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
         val_cache = cache_samples(info, val_stems, config.size, config.resize, disk_dir=cache_dir / "val"
                                   if cache_dir else None)
         return _fit_cached(config, info, run_dir, state, train_stems, val_stems, train_cache, val_cache, started,
-                           progress)
+                           progress, plan_doc)
     finally:
         if cache_dir is not None:
             shutil.rmtree(cache_dir, ignore_errors=True)
@@ -274,7 +298,8 @@ def fit(config: TrainConfig, progress: bool = False) -> FitResult:
 
 def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: dict[str, Any] | None,
                 train_stems: list[str], val_stems: list[str], train_cache: list[CachedSample],
-                val_cache: list[CachedSample], started: float, progress: bool) -> FitResult:
+                val_cache: list[CachedSample], started: float, progress: Progress | None,
+                plan_doc: dict[str, Any]) -> FitResult:
     """Train on decoded samples; the rest of fit(), after the data is in memory or mapped from disk."""
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
@@ -298,8 +323,9 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     run_config = RunConfig(
         model=config.model, model_kwargs=kwargs, in_channels=3, classes=info.classes,
         colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, mean=pre["mean"], std=pre["std"],
-        size=config.size, resize=config.resize, patch=patch, train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
-                                 "workers_used": workers, "threads_used": threads},
+        size=config.size, resize=config.resize, patch=patch,
+        train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
+               "workers_used": workers, "threads_used": threads, "plan": plan_doc},
         versions=versions(), dataset=str(Path(config.dataset).resolve()),
     )
     atomic_write_json(run_dir / SPLITS_JSON, {"train": train_stems, "val": val_stems})
@@ -331,8 +357,6 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     deadline = None if budget is None else started + budget - elapsed_before
 
     model.train()
-    from tqdm.auto import tqdm
-
     while True:
         if total_steps is not None and step >= total_steps:
             break
@@ -346,8 +370,6 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
             worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         epoch_start, waited, loss_sum, n_images, n_steps = time.perf_counter(), 0.0, 0.0, 0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", disable=not (progress and sys.stderr.isatty()),
-                   leave=False, unit="step")
         for wait, (images, masks) in _batches(loader):
             waited += wait
             now = time.perf_counter()
@@ -366,14 +388,13 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
             n_steps += 1
             loss_sum += loss * len(images)
             n_images += len(images)
-            ips = n_images / max(1e-9, time.perf_counter() - epoch_start)
-            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{ips:.1f}", lr=f"{lr:.2e}")
-            bar.update(1)
+            if progress is not None:
+                progress(StepReport(epoch, n_steps, steps_per_epoch, loss, lr,
+                                    n_images / max(1e-9, time.perf_counter() - epoch_start)))
             if total_steps is not None and step >= total_steps:
                 break
             if deadline is not None and time.perf_counter() >= deadline:
                 break
-        bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - epoch_start
@@ -490,7 +511,7 @@ def _load_resume(run_dir: Path, config: TrainConfig) -> tuple[TrainConfig, dict[
         raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.")
     stored = read_run_config(run_dir).train
     resumed = TrainConfig.from_dict({**stored, "resume": True, "force": False, "device": config.device,
-                                     "out": str(run_dir)})
+                                     "out": str(run_dir), "no_plan": True})  # the stored settings were planned
     state = torch.load(run_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
     return resumed.validate(), state
 

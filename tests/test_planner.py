@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from catseg import planner
+from catseg.config import TrainConfig
+from catseg.data import read_dataset
+from conftest import make_tiny_dataset
+
+
+def _fake_speed(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 2) -> float:
+    return 1e-6 * size * size * width  # 256/w32 -> 2.1 s, 160/w16 -> 0.41 s, 96/w12 -> 0.11 s
+
+
+@pytest.fixture
+def info(tmp_path: Path):
+    return read_dataset(make_tiny_dataset(tmp_path / "d", count=10))
+
+
+def test_data_stats(info) -> None:
+    stats = planner.data_stats(info, info.stems())
+    assert stats.images == 10 and 30 <= stats.median_short_side <= 45
+    assert 0.01 < stats.median_object_fraction < 0.3 and 0 < stats.rarest_class_fraction < 0.5
+
+
+def test_more_time_buys_a_bigger_model(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.4))
+    chosen = {}
+    for budget in ("2m", "20m", "4h"):
+        plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget=budget), info, info.stems(), set())
+        chosen[budget] = (plan.config.size, plan.config.width)
+        assert plan.reasons and plan.to_json()["size"] == plan.config.size
+    assert chosen["2m"] == (96, 12)  # nothing reaches the step target: the smallest
+    assert chosen["4h"] == (256, 32)
+    sizes = [chosen[b][0] * chosen[b][1] for b in ("2m", "20m", "4h")]
+    assert sizes == sorted(sizes)
+
+
+def test_given_flags_are_never_changed(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.01))
+    config = TrainConfig(dataset="d", out="r", time_budget="10m", size=192, augment="none", lr=5e-4)
+    plan = planner.plan_training(config, info, info.stems(), {"size", "augment", "lr"})
+    assert (plan.config.size, plan.config.augment, plan.config.lr) == (192, "none", 5e-4)
+    assert plan.config.class_weights == "auto"  # rarest class 1% of pixels, and not given
+    assert any("class weights" in r for r in plan.reasons)
+
+
+def test_tiny_objects_keep_resolution(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 1000, 0.005, 0.2))
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m"), info, info.stems(), set())
+    assert plan.config.size >= 224
+
+
+def test_the_measurement_is_real(info) -> None:
+    small = planner.seconds_per_step(TrainConfig(dataset="d", out="r", batch_size=2, precision="fp32"), 32, 4, 2)
+    large = planner.seconds_per_step(TrainConfig(dataset="d", out="r", batch_size=2, precision="fp32"), 96, 8, 2)
+    assert 0 < small < large
+
+
+def test_cli_plans_and_records_it(tmp_path: Path) -> None:
+    from catseg.cli import main
+
+    data = make_tiny_dataset(tmp_path / "d", count=10)
+    assert main(["-q", "train", str(data), "--out", str(tmp_path / "r"), "--time-budget", "5s", "--batch-size", "4",
+                 "--depth", "2"]) == 0
+    train = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
+    assert train["plan"]["reasons"] and train["size"] == 96 and train["width"] == 12  # tiny photos: the floor
+    assert set(train["given"]) == {"time_budget", "batch_size", "depth"}
+    assert main(["-q", "train", str(data), "--out", str(tmp_path / "r2"), "--time-budget", "5s", "--batch-size", "4",
+                 "--depth", "2", "--size", "48", "--no-plan"]) == 0
+    train = json.loads((tmp_path / "r2" / "config.json").read_text())["train"]
+    assert train["plan"] == {} and train["size"] == 48 and train["width"] == 32

@@ -1,4 +1,9 @@
-"""Redraw the README's pictures from a demo folder: `python docs/figures.py catseg-demo`."""
+"""Redraw the README's pictures.
+
+    python docs/figures.py catseg-demo                         # demo predictions and curves
+    python docs/figures.py accuracy LABEL=rows.json ...        # time-to-accuracy, from the JSON line
+                                                               # that benchmarks/accuracy.py prints last
+"""
 
 from __future__ import annotations
 
@@ -28,5 +33,28 @@ def main(demo: Path, out: Path) -> None:
     shutil.copy(demo / "run" / "curves.png", out / "demo-curves.png")
 
 
+def accuracy(series: list[str], out: Path) -> None:
+    import json
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for item in series:
+        label, path = item.split("=", 1)
+        rows = sorted(json.loads(Path(path).read_text())["rows"], key=lambda r: r["train_seconds"])
+        minutes = [r["train_seconds"] / 60 for r in rows]
+        ax.plot(minutes, [r["pet_iou"] for r in rows], "o-", label=label)
+        for m, r in zip(minutes, rows):
+            ax.annotate(f"{r['pet_iou']:.3f}", (m, r["pet_iou"]), textcoords="offset points", xytext=(4, -12),
+                        fontsize=8)
+    ax.set_xlabel("training time on a 2-core CPU (minutes)")
+    ax.set_ylabel("pet IoU, held-out photos")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=90)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "catseg-demo"), Path(__file__).parent)
+    if len(sys.argv) > 1 and sys.argv[1] == "accuracy":
+        accuracy(sys.argv[2:], Path(__file__).parent)
+    else:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else "catseg-demo"), Path(__file__).parent)

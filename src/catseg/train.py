@@ -9,7 +9,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,18 +20,16 @@ import torch
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, atomic_write_bytes, atomic_write_json, read_dataset
 from catseg.errors import CatsegError
-from catseg.inference import sliding_window, window_starts
+from catseg.inference import window_starts
 from catseg.loading import (AugmentedDataset, CachedSample, cache_fits_in_memory, cache_samples, cache_side,
-                            normalise, seed_worker, stack_batch)
+                            seed_worker)
 from catseg.losses import SegmentationLoss, class_weights_from_frequency
-from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for, save_weights
 from catseg.planner import plan_training
-from catseg.postprocess import Postprocess, choose_postprocess
 from catseg.run import (CONFIG_JSON, CURVES_PNG, LAST_WEIGHTS, METRICS_CSV, SPLITS_JSON, TRAIN_STATE, WEIGHTS,
                         RunConfig, plot_curves, versions, write_metrics_csv)
-from catseg.runtime import (autocast, configure_threads, default_workers, precision_name, resolve_device,
-                            resolve_precision)
+from catseg.runtime import configure_threads, default_workers, precision_name, resolve_device, resolve_precision
+from catseg.steps import StepContext, choose_cleanup, timed_batches, train_step, validate
 
 log = logging.getLogger(__name__)
 
@@ -142,121 +140,6 @@ def _prepare_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-# ----------------------------------------------------------------------------- steps
-@dataclass
-class _Context:
-    """What the step functions share, so each stays short."""
-
-    model: torch.nn.Module
-    loss_fn: SegmentationLoss
-    device: torch.device
-    dtype: torch.dtype
-    mean: list[float]
-    std: list[float]
-    channels_last: bool
-    num_classes: int
-    ignore_index: int
-    scaler: Any = None
-    resize: str = "stretch"
-    patch: int = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of normalised (B, C, H, W) inputs, in the run's precision and memory layout."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
-            return self.model(x)
-
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return normalise(images.to(self.device, non_blocking=True), self.mean, self.std)
-
-
-def _train_step(ctx: _Context, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor) -> float:
-    logits = ctx.forward(ctx.inputs(images))
-    loss = ctx.loss_fn(logits.float(), masks.to(ctx.device, non_blocking=True))
-    optimizer.zero_grad(set_to_none=True)
-    if ctx.scaler is not None:
-        ctx.scaler.scale(loss).backward()
-        ctx.scaler.step(optimizer)
-        ctx.scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return float(loss.detach())
-
-
-@torch.inference_mode()
-def _validate(ctx: _Context, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int) -> dict[str, Any]:
-    ctx.model.eval()
-    metrics = MetricAccumulator(ctx.num_classes, list(classes), ctx.ignore_index)
-    calibration = CalibrationAccumulator()
-    thresholds = ThresholdSearch() if ctx.num_classes == 2 else None
-    loss_sum, count = 0.0, 0
-    for images, masks in _validation_batches(samples, batch_size, ctx.resize):
-        y = masks.to(ctx.device)
-        if ctx.resize == "stretch":
-            logits = ctx.forward(ctx.inputs(images)).float()
-        else:  # one photo of its own shape, covered by overlapping windows as at prediction
-            logits = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None]
-        loss_sum += float(ctx.loss_fn(logits, y)) * len(images)
-        count += len(images)
-        probs = logits.softmax(1)
-        metrics.update_batch(probs.argmax(1), y)
-        calibration.update(probs, y, ctx.ignore_index)
-        if thresholds is not None:
-            thresholds.update(probs[:, 1], y, ctx.ignore_index)
-    ctx.model.train()
-    summary = metrics.summary()["dataset"]  # NaN is None there (a class absent from prediction and truth)
-    out = {"val_loss": loss_sum / max(1, count), "val_miou": _nan(summary["miou"]), "val_ece": calibration.ece()}
-    for name in classes:
-        out[f"val_iou_{name}"] = _nan(summary["per_class"][name]["iou"])
-    if thresholds is not None:
-        out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
-    return out
-
-
-@torch.inference_mode()
-def _choose_cleanup(ctx: _Context, samples: Sequence[CachedSample], threshold: float | None
-                    ) -> tuple[Postprocess, dict[str, float]]:
-    """Return the mask clean-up that scores best on the validation photos (at the working scale)."""
-    ctx.model.eval()
-    preds, truths = [], []
-    for images, masks in _validation_batches(samples, 8, ctx.resize):
-        if ctx.resize == "stretch":
-            probs = ctx.forward(ctx.inputs(images)).float().softmax(1)
-        else:
-            probs = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None].softmax(1)
-        labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
-        preds += list(labels.to(torch.uint8).cpu().numpy())
-        truths += list(masks.numpy().astype(np.uint8))
-    ctx.model.train()
-    return choose_postprocess(preds, truths, ctx.num_classes, ctx.ignore_index)
-
-
-def _validation_batches(samples: Sequence[CachedSample], batch_size: int,
-                        resize: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images, masks): stacked squares under stretch, one photo at a time under scale."""
-    step = batch_size if resize == "stretch" else 1
-    for start in range(0, len(samples), step):
-        yield stack_batch(samples[start:start + step])
-
-
-def _nan(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def _batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[float, tuple[torch.Tensor, torch.Tensor]]]:
-    """Yield (seconds waited for the batch, batch), so the loader's share of the step time is known."""
-    it = iter(loader)
-    while True:
-        t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        yield time.perf_counter() - t0, batch
-
-
 # ----------------------------------------------------------------------------- fit
 def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
     """Train a model as `config` says and return what it reached; the run folder is `config.out`.
@@ -317,7 +200,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     patch = config.patch or config.size
-    ctx = _Context(model, loss_fn, device, dtype, pre["mean"], pre["std"], channels_last, info.num_classes,
+    ctx = StepContext(model, loss_fn, device, dtype, pre["mean"], pre["std"], channels_last, info.num_classes,
                    info.ignore_index, scaler, config.resize, patch)
 
     run_config = RunConfig(
@@ -370,7 +253,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
             worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         epoch_start, waited, loss_sum, n_images, n_steps = time.perf_counter(), 0.0, 0.0, 0, 0
-        for wait, (images, masks) in _batches(loader):
+        for wait, (images, masks) in timed_batches(loader):
             waited += wait
             now = time.perf_counter()
             if budget:
@@ -380,7 +263,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
             lr = learning_rate(lr_progress, config.lr, config.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = _train_step(ctx, optimizer, images, masks)
+            loss = train_step(ctx, optimizer, images, masks)
             if not math.isfinite(loss):
                 raise CatsegError(f"training diverged at epoch {epoch} step {step} (loss {loss}). "
                                   "Lower --lr, or use --precision fp32.")
@@ -398,7 +281,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - epoch_start
-        val = _validate(ctx, val_cache, info.classes, config.batch_size)
+        val = validate(ctx, val_cache, info.classes, config.batch_size)
         row = {"epoch": epoch, "steps": n_steps, "train_loss": loss_sum / max(1, n_images), **val,
                "images_per_s": n_images / max(1e-9, train_seconds), "data_wait_frac": waited / max(1e-9, train_seconds),
                "lr": lr, "seconds": time.perf_counter() - epoch_start, "elapsed": time.perf_counter() - loop_start}
@@ -418,7 +301,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     if not (run_dir / WEIGHTS).is_file():
         save_weights(model, run_dir / WEIGHTS)
     load_weights(model, run_dir / WEIGHTS)
-    cleanup, tried = _choose_cleanup(ctx, val_cache, best.get("threshold"))
+    cleanup, tried = choose_cleanup(ctx, val_cache, best.get("threshold"))
     run_config.postprocess = cleanup.to_json() if cleanup.active else {}
     best["postprocess_val_miou"] = tried
     log.info("post-processing on validation (mIoU): %s -> %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()),
@@ -461,25 +344,25 @@ def _class_weights(config: TrainConfig, samples: Sequence[CachedSample], info: D
     return weights
 
 
-def _estimate_epoch_seconds(ctx: _Context, dataset: AugmentedDataset, val_cache: Sequence[CachedSample],
+def _estimate_epoch_seconds(ctx: StepContext, dataset: AugmentedDataset, val_cache: Sequence[CachedSample],
                             batch_size: int, steps_per_epoch: int) -> float:
     """Return the seconds one epoch (training + validation) should take, measured on a copy of the model
     so the measurement does not touch the real weights."""
     import copy
 
     probe = copy.deepcopy(ctx.model)
-    probe_ctx = _Context(probe, ctx.loss_fn, ctx.device, ctx.dtype, ctx.mean, ctx.std, ctx.channels_last,
+    probe_ctx = StepContext(probe, ctx.loss_fn, ctx.device, ctx.dtype, ctx.mean, ctx.std, ctx.channels_last,
                          ctx.num_classes, ctx.ignore_index, None, ctx.resize, ctx.patch)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
     n = min(len(dataset), batch_size)
     batch = [dataset[i] for i in range(n)]
     images, masks = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-    _train_step(probe_ctx, optimizer, images, masks)  # warm-up: allocations, kernel choice
+    train_step(probe_ctx, optimizer, images, masks)  # warm-up: allocations, kernel choice
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(2):
-        _train_step(probe_ctx, optimizer, images, masks)
+        train_step(probe_ctx, optimizer, images, masks)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     step_seconds = (time.perf_counter() - t0) / 2 * (batch_size / n)

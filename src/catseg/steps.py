@@ -1,0 +1,132 @@
+"""One training step, one validation pass, and the clean-up choice: the pieces fit() repeats."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from catseg.inference import sliding_window
+from catseg.loading import CachedSample, normalise, stack_batch
+from catseg.losses import SegmentationLoss
+from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
+from catseg.postprocess import Postprocess, choose_postprocess
+from catseg.runtime import autocast
+
+
+@dataclass
+class StepContext:
+    """What the step functions share, so each stays short."""
+
+    model: torch.nn.Module
+    loss_fn: SegmentationLoss
+    device: torch.device
+    dtype: torch.dtype
+    mean: list[float]
+    std: list[float]
+    channels_last: bool
+    num_classes: int
+    ignore_index: int
+    scaler: Any = None
+    resize: str = "stretch"
+    patch: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised (B, C, H, W) inputs, in the run's precision and memory layout."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            return self.model(x)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return normalise(images.to(self.device, non_blocking=True), self.mean, self.std)
+
+
+def train_step(ctx: StepContext, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor) -> float:
+    logits = ctx.forward(ctx.inputs(images))
+    loss = ctx.loss_fn(logits.float(), masks.to(ctx.device, non_blocking=True))
+    optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+@torch.inference_mode()
+def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int) -> dict[str, Any]:
+    ctx.model.eval()
+    metrics = MetricAccumulator(ctx.num_classes, list(classes), ctx.ignore_index)
+    calibration = CalibrationAccumulator()
+    thresholds = ThresholdSearch() if ctx.num_classes == 2 else None
+    loss_sum, count = 0.0, 0
+    for images, masks in validation_batches(samples, batch_size, ctx.resize):
+        y = masks.to(ctx.device)
+        if ctx.resize == "stretch":
+            logits = ctx.forward(ctx.inputs(images)).float()
+        else:  # one photo of its own shape, covered by overlapping windows as at prediction
+            logits = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None]
+        loss_sum += float(ctx.loss_fn(logits, y)) * len(images)
+        count += len(images)
+        probs = logits.softmax(1)
+        metrics.update_batch(probs.argmax(1), y)
+        calibration.update(probs, y, ctx.ignore_index)
+        if thresholds is not None:
+            thresholds.update(probs[:, 1], y, ctx.ignore_index)
+    ctx.model.train()
+    summary = metrics.summary()["dataset"]  # NaN is None there (a class absent from prediction and truth)
+    out = {"val_loss": loss_sum / max(1, count), "val_miou": nan_if_none(summary["miou"]), "val_ece": calibration.ece()}
+    for name in classes:
+        out[f"val_iou_{name}"] = nan_if_none(summary["per_class"][name]["iou"])
+    if thresholds is not None:
+        out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
+    return out
+
+
+@torch.inference_mode()
+def choose_cleanup(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None
+                    ) -> tuple[Postprocess, dict[str, float]]:
+    """Return the mask clean-up that scores best on the validation photos (at the working scale)."""
+    ctx.model.eval()
+    preds, truths = [], []
+    for images, masks in validation_batches(samples, 8, ctx.resize):
+        if ctx.resize == "stretch":
+            probs = ctx.forward(ctx.inputs(images)).float().softmax(1)
+        else:
+            probs = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None].softmax(1)
+        labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
+        preds += list(labels.to(torch.uint8).cpu().numpy())
+        truths += list(masks.numpy().astype(np.uint8))
+    ctx.model.train()
+    return choose_postprocess(preds, truths, ctx.num_classes, ctx.ignore_index)
+
+
+def validation_batches(samples: Sequence[CachedSample], batch_size: int,
+                        resize: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images, masks): stacked squares under stretch, one photo at a time under scale."""
+    step = batch_size if resize == "stretch" else 1
+    for start in range(0, len(samples), step):
+        yield stack_batch(samples[start:start + step])
+
+
+def nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def timed_batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[float, tuple[torch.Tensor, torch.Tensor]]]:
+    """Yield (seconds waited for the batch, batch), so the loader's share of the step time is known."""
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        yield time.perf_counter() - t0, batch

@@ -240,6 +240,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     deadline = None if budget is None else started + budget - elapsed_before
 
     model.train()
+    last_line = 0.0
     while True:
         if total_steps is not None and step >= total_steps:
             break
@@ -291,10 +292,14 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
             best = {"val_miou": val["val_miou"], "epoch": epoch, "threshold": val.get("threshold"),
                     "val_ece": val["val_ece"], "val_iou_at_threshold": val.get("val_iou_at_threshold")}
             save_weights(model, run_dir / WEIGHTS)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f%s, %.1f img/s, data wait %.0f%%, %.0fs%s",
-                 epoch, row["train_loss"], row["val_loss"], row["val_miou"], " (best)" if improved else "",
-                 row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"],
-                 _eta(deadline, total_steps, step, row["elapsed"]))
+        # Every epoch is in metrics.csv; the log gets improvements and a line every 10 s, so epochs of a
+        # fraction of a second (small data) do not flood the terminal.
+        if improved or time.perf_counter() - last_line >= 10.0:
+            last_line = time.perf_counter()
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f%s, %.1f img/s, data wait %.0f%%, %.0fs%s",
+                     epoch, row["train_loss"], row["val_loss"], row["val_miou"], " (best)" if improved else "",
+                     row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"],
+                     _eta(deadline, total_steps, step, row["elapsed"]))
         _checkpoint(run_dir, model, optimizer, epoch, step, time.perf_counter() - loop_start, history, best)
         _finish_files(run_dir, run_config, history, best, info.classes)
 

@@ -74,3 +74,16 @@ def test_evaluate_records_tta(tiny_run: Path, tmp_path: Path) -> None:
     config = json.loads((tiny_run / "config.json").read_text())
     summary = evaluate(tiny_run, config["dataset"], out_dir=tmp_path / "t", device="cpu", tta=True)
     assert summary["tta"] == {"flip": True, "scales": [1.0]}
+
+
+def test_force_never_deletes_a_folder_evaluate_did_not_write(tiny_run: Path, tmp_path: Path) -> None:
+    config = json.loads((tiny_run / "config.json").read_text())
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("precious")
+    with pytest.raises(CatsegError, match="not an evaluation folder"):
+        evaluate(tiny_run, config["dataset"], out_dir=mine, device="cpu", force=True)
+    assert (mine / "todo.txt").read_text() == "precious"
+    evaluate(tiny_run, config["dataset"], out_dir=tmp_path / "ev", device="cpu")
+    evaluate(tiny_run, config["dataset"], out_dir=tmp_path / "ev", device="cpu", force=True)  # its own: replaced
+    assert (tmp_path / "ev" / "summary.json").is_file()

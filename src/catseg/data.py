@@ -324,6 +324,16 @@ def image_bytes_for_dataset(data: bytes, name: str) -> tuple[bytes, str]:
     return buf.getvalue(), ".png"
 
 
+def check_replaceable(path: Path, marker: str, what: str) -> None:
+    """Raise a CatsegError unless `path` is an empty folder or one catseg wrote (it holds `marker`), so that
+    --force can never delete a folder of the user's own."""
+    if not path.is_dir():
+        raise CatsegError(f"{path}: exists and is not a folder; refusing to replace it.")
+    if any(path.iterdir()) and not (path / marker).is_file():
+        raise CatsegError(f"{path}: is not {what} (no {marker}); refusing to replace it even with --force. "
+                          "Choose a new folder.")
+
+
 class DatasetWriter:
     """Builds a dataset folder in a hidden temporary folder beside OUT and moves it into place only
     when everything was written, so an interrupted run leaves no half dataset that looks complete.
@@ -336,8 +346,8 @@ class DatasetWriter:
         self.force = force
         if self.out_dir.exists() and not force:
             raise CatsegError(f"{self.out_dir}: already exists. Choose a new folder, or pass --force to replace it.")
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise CatsegError(f"{self.out_dir}: exists and is not a folder; refusing to replace it.")
+        if self.out_dir.exists():
+            check_replaceable(self.out_dir, DATASET_JSON, "a catseg dataset folder")
         self.tmp_dir: Path | None = None
 
     def __enter__(self) -> DatasetWriter:

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from catseg.data import atomic_write_bytes, atomic_write_json, read_dataset, read_image, read_mask
+from catseg.data import (atomic_write_bytes, atomic_write_json, check_replaceable, read_dataset, read_image,
+                         read_mask)
 from catseg.errors import CatsegError
 from catseg.metrics import CalibrationAccumulator, MetricAccumulator
 from catseg.predict import Predictor
@@ -57,6 +58,7 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
     if out.exists() and any(out.iterdir()):
         if not force:
             raise CatsegError(f"{out}: already exists. Pass --out elsewhere or --force to replace it.")
+        check_replaceable(out, "summary.json", "an evaluation folder")
         shutil.rmtree(out)
     info = read_dataset(dataset_dir)
     predictor = predictor or Predictor.from_run(run_dir, device=device, tta=tta, tta_scales=tta_scales)

@@ -201,13 +201,18 @@ def image_files_by_stem(folder: Path) -> dict[str, Path]:
     }
 
 
-def open_image(path_or_bytes: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """Return a PIL image, identified by content not extension; a CatsegError names unreadable files."""
+def open_image(path_or_bytes: str | Path | bytes, name: str | None = None, decode: bool = True) -> Image.Image:
+    """Return a PIL image, identified by content not extension; a CatsegError names unreadable files.
+
+    With decode=False only the header is read (size, mode, EXIF), so a JPEG can still be decoded at a
+    reduced scale with `draft`.
+    """
     label = name or str(path_or_bytes if not isinstance(path_or_bytes, bytes) else "<embedded image>")
     try:
         source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
         image = Image.open(source)
-        image.load()
+        if decode:
+            image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CatsegError(f"{label}: cannot read this image ({exc}). Re-export it as JPEG or PNG.") from exc
     return image

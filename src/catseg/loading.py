@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catseg.data import DatasetInfo, read_mask, to_rgb_array
+from catseg.data import DatasetInfo, open_image, read_mask, to_rgb_array
 from catseg.errors import CatsegError
 from catseg.inference import resize_image, working_size
 
@@ -51,7 +51,7 @@ def load_resized(info: DatasetInfo, stem: str, size: int, policy: str = "stretch
     `stretch` to size x size, `scale` so the shorter side is `size`."""
     image_path = info.image_path(stem)
     mask = read_mask(info.mask_path(stem))
-    pil = Image.open(image_path)
+    pil = open_image(image_path, decode=False)
     width, height = pil.size
     if pil.getexif().get(0x0112, 1) in (5, 6, 7, 8):
         width, height = height, width

@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from catseg.config import TrainConfig
-from catseg.data import DatasetInfo, read_mask
+from catseg.data import DatasetInfo, open_image, read_mask
 from catseg.losses import SegmentationLoss
 from catseg.models import create_model
 from catseg.runtime import autocast, resolve_device, resolve_precision
@@ -58,10 +57,7 @@ class Plan:
 
 def data_stats(info: DatasetInfo, stems: list[str], sample: int = 200) -> DataStats:
     """Return image sizes (from headers) and object sizes (from up to `sample` masks)."""
-    shorts = []
-    for stem in stems:
-        with Image.open(info.image_path(stem)) as image:
-            shorts.append(min(image.size))
+    shorts = [min(open_image(info.image_path(stem), decode=False).size) for stem in stems]
     fractions, counts = [], np.zeros(info.num_classes, dtype=np.int64)
     for stem in stems[:: max(1, len(stems) // sample)]:
         mask = read_mask(info.mask_path(stem))

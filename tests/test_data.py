@@ -42,3 +42,57 @@ def test_an_error_while_writing_leaves_nothing(tmp_path: Path) -> None:
             writer.write_mask("a", np.zeros((4, 5), np.uint8))
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_force_needs_a_catseg_dataset_json_not_any_dataset_json(tmp_path: Path) -> None:
+    other = tmp_path / "nnunet"
+    other.mkdir()
+    (other / "dataset.json").write_text('{"name": "another tool\'s dataset"}')
+    (other / "imagesTr.txt").write_text("theirs")
+    with pytest.raises(CatsegError, match="not a catseg dataset folder"):
+        _write(other, force=True)
+    assert (other / "imagesTr.txt").read_text() == "theirs"
+
+
+def test_force_refuses_when_an_input_lives_inside_the_output(tmp_path: Path) -> None:
+    _write(tmp_path / "ds")
+    labels = tmp_path / "ds" / "labels.txt"
+    labels.write_text("_background_\ncat\n")
+    with pytest.raises(CatsegError, match="labels.txt: is inside"):
+        DatasetWriter(tmp_path / "ds", force=True, inputs=[labels, None])
+    assert labels.is_file()
+
+
+def test_force_refuses_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path / "ds")
+    monkeypatch.chdir(tmp_path / "ds")
+    with pytest.raises(CatsegError, match="current folder"):
+        _write(Path("."), force=True)
+    assert (tmp_path / "ds" / "dataset.json").is_file()
+
+
+def test_a_rotated_cmyk_jpeg_is_stored_as_rgb_png() -> None:
+    import io
+
+    from PIL import Image
+
+    from catseg.data import image_bytes_for_dataset
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("CMYK", (10, 8), (0, 128, 0, 0)).save(buf, format="JPEG", exif=exif)
+    data, ext = image_bytes_for_dataset(buf.getvalue(), "b.jpg")
+    stored = Image.open(io.BytesIO(data))
+    assert ext == ".png" and stored.mode == "RGB" and stored.size == (8, 10)
+
+
+def test_source_must_be_an_object(tmp_path: Path) -> None:
+    import json
+
+    _write(tmp_path / "ds")
+    doc = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    doc["source"] = "x"
+    (tmp_path / "ds" / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(CatsegError, match="source must be an object"):
+        read_dataset(tmp_path / "ds")

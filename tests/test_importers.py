@@ -228,7 +228,7 @@ def test_existing_out_dir_is_refused_and_force_replaces_it(oxford, tmp_path: Pat
     with pytest.raises(CatsegError, match="not a catseg dataset folder"):
         import_dataset("oxford-pets", src, out, force=True)
     assert (out / "keep.txt").read_text() == "mine"
-    (out / "dataset.json").write_text("{}")  # now it is (an old) catseg dataset folder
+    (out / "dataset.json").write_text('{"format": "catseg-dataset"}')  # now it is (an old) catseg dataset
     import_dataset("oxford-pets", src, out, force=True)
     assert not (out / "keep.txt").exists() and read_dataset(out).stems() == sorted(IMPORTED)
 

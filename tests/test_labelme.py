@@ -454,7 +454,7 @@ def test_existing_out_dir_refused_without_force_replaced_with_force(tmp_path: Pa
     with pytest.raises(CatsegError, match="not a catseg dataset folder"):
         convert_labelme(tmp_path / "src", out, force=True)
     assert snapshot(out) == {"keep.txt": b"mine"}
-    (out / "dataset.json").write_text("{}")  # now it is (an old) catseg dataset folder
+    (out / "dataset.json").write_text('{"format": "catseg-dataset"}')  # now it is (an old) catseg dataset
     convert_labelme(tmp_path / "src", out, force=True)
     assert not (out / "keep.txt").exists() and (out / "masks" / "a.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]

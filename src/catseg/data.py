@@ -182,6 +182,8 @@ def _validate_dataset_json(doc: Any) -> list[str]:
     ignore = doc.get("ignore_index", IGNORE_INDEX)
     if not isinstance(ignore, int) or not 0 <= ignore <= 255:
         problems.append(f"ignore_index is {ignore!r}; it must be an integer 0-255 (catseg writes 255)")
+    if not isinstance(doc.get("source", {}), dict):
+        problems.append("source must be an object (command, path, tool, created)")
     splits = doc.get("splits", {})
     if not isinstance(splits, dict) or not all(
         isinstance(v, list) and all(isinstance(s, str) for s in v) for v in splits.values()
@@ -324,19 +326,39 @@ def image_bytes_for_dataset(data: bytes, name: str) -> tuple[bytes, str]:
     rotated = ImageOps.exif_transpose(image) or image
     if "exif" in rotated.info:  # the orientation is applied now; do not let viewers rotate again
         rotated.info.pop("exif")
+    if rotated.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):  # CMYK, YCbCr, LAB: PNG has no such mode
+        rotated = rotated.convert("RGB")
     buf = io.BytesIO()
     rotated.save(buf, format="PNG")
     return buf.getvalue(), ".png"
 
 
-def check_replaceable(path: Path, marker: str, what: str) -> None:
-    """Raise a CatsegError unless `path` is an empty folder or one catseg wrote (it holds `marker`), so that
-    --force can never delete a folder of the user's own."""
+def check_replaceable(path: Path, marker: str, what: str, fmt: str | None = None,
+                      inputs: Sequence[str | Path | None] = ()) -> None:
+    """Raise a CatsegError unless `path` is an empty folder or one catseg wrote (it holds `marker`, a JSON
+    file whose "format" is `fmt` when given), so that --force can never delete a folder of the user's
+    own, nor a file the same command reads (`inputs`)."""
     if not path.is_dir():
         raise CatsegError(f"{path}: exists and is not a folder; refusing to replace it.")
-    if any(path.iterdir()) and not (path / marker).is_file():
-        raise CatsegError(f"{path}: is not {what} (no {marker}); refusing to replace it even with --force. "
-                          "Choose a new folder.")
+    if any(path.iterdir()) and not _is_marker(path / marker, fmt):
+        raise CatsegError(f"{path}: is not {what} (no {marker}" + (f" of format {fmt!r}" if fmt else "")
+                          + "); refusing to replace it even with --force. Choose a new folder.")
+    root = path.resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve().is_relative_to(root):
+            raise CatsegError(f"{item}: is inside {path}, which --force would replace; move it out first.")
+
+
+def _is_marker(path: Path, fmt: str | None) -> bool:
+    if not path.is_file():
+        return False
+    if fmt is None:
+        return True
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == fmt
 
 
 class DatasetWriter:
@@ -346,13 +368,17 @@ class DatasetWriter:
     With `force`, an existing OUT is replaced only after the new one is complete.
     """
 
-    def __init__(self, out_dir: str | Path, force: bool = False) -> None:
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: str | Path, force: bool = False, inputs: Sequence[str | Path | None] = ()) -> None:
+        # resolved, so that '.' or 'a/..' name a real folder that can be renamed into place
+        self.out_dir = Path(out_dir).resolve()
         self.force = force
         if self.out_dir.exists() and not force:
-            raise CatsegError(f"{self.out_dir}: already exists. Choose a new folder, or pass --force to replace it.")
+            raise CatsegError(f"{out_dir}: already exists. Choose a new folder, or pass --force to replace it.")
         if self.out_dir.exists():
-            check_replaceable(self.out_dir, DATASET_JSON, "a catseg dataset folder")
+            check_replaceable(self.out_dir, DATASET_JSON, "a catseg dataset folder", DATASET_FORMAT, inputs)
+            if self.out_dir in Path.cwd().resolve().parents or self.out_dir == Path.cwd().resolve():
+                raise CatsegError(f"{out_dir}: is the current folder (or holds it); run the command from elsewhere "
+                                  "to replace it.")
         self.tmp_dir: Path | None = None
 
     def __enter__(self) -> DatasetWriter:

@@ -24,7 +24,6 @@ import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from catseg.data import DatasetInfo, open_image, read_mask, to_rgb_array
 from catseg.errors import CatsegError

@@ -63,7 +63,7 @@ def import_dataset(
     if fmt == "oxford-pets":
         extra["labels"] = labels
     command = _command(fmt, src, out_dir, labels=labels, images=images, masks=masks, colors=colors, classes=classes)
-    return write_plan(plan, fmt, src, out_dir, force, provenance(command, src, **extra))
+    return write_plan(plan, fmt, src, out_dir, force, provenance(command, src, **extra), inputs=[colors])
 
 
 def _option_problems(fmt: str, labels: str, images: str, masks: str, colors: Path | None, classes: str | None,

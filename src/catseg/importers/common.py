@@ -4,7 +4,7 @@ folder through data.DatasetWriter, and the report."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -82,10 +82,12 @@ class _Photo(NamedTuple):
     rotated: bool  # re-encoded as PNG to apply an EXIF orientation
 
 
-def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, source: dict[str, Any]) -> ImportReport:
-    """Return the report of writing a checked plan into the new dataset folder OUT_DIR (nothing stays if it fails)."""
+def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, source: dict[str, Any],
+               inputs: Sequence[Path | None] = ()) -> ImportReport:
+    """Return the report of writing a checked plan into the new dataset folder OUT_DIR (nothing stays if it fails).
+    `inputs` are files the command reads besides SRC (--colors), which --force must not delete."""
     warnings, problems, written, renamed, rotated = list(plan.warnings), [], [], [], []
-    with DatasetWriter(out_dir, force=force) as writer:
+    with DatasetWriter(out_dir, force=force, inputs=inputs) as writer:
         for done, (stem, photo_path, annotation) in enumerate(plan.pairs, 1):
             try:
                 photo = _stored_photo(photo_path)

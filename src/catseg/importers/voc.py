@@ -51,7 +51,12 @@ def _voc_class_names(src: Path, given: list[str] | None,
         names = default_classes(present)
         return names, [f"no class_names.txt: classes named {', '.join(names[:3])}{', ...' if len(names) > 3 else ''} "
                        f"up to the highest id found ({len(names) - 1}); name them with --classes"], []
-    names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = names_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatsegError(f"{names_file}: cannot read it as UTF-8 text ({exc}); save it as UTF-8, one class per line, "
+                          "or name the classes with --classes.") from exc
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     notes = []
     if names[:1] == ["__ignore__"]:
         names, notes = names[1:], [f"{names_file}: dropped the __ignore__ line (ignore is {IGNORE_INDEX} in masks)"]

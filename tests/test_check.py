@@ -189,6 +189,9 @@ def test_unusable_dataset_json_or_folder_becomes_an_error(tmp_path: Path, break_
     report = check_dataset(root)
     assert not report.ok and report.errors
     assert "dataset.json" in report.errors[0] or "no such dataset folder" in report.errors[0]
+    expected = {"no_json": "dataset.json: missing", "bad_json": "dataset.json: not valid JSON",
+                "invalid_json": "classes must be a list of at least two", "no_folder": "no such dataset folder"}
+    assert expected[break_it] in report.errors[0]
     assert "NOT READY" in report.format()
 
 

@@ -22,15 +22,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from catseg.config import TrainConfig
-from catseg.data import IMAGE_EXTENSIONS, DatasetInfo, image_files_by_stem, read_dataset
+from catseg.data import (IMAGE_EXTENSIONS, SWAPPING_ORIENTATIONS, DatasetInfo, exif_orientation, image_files_by_stem,
+                         read_dataset)
 from catseg.errors import CatsegError
 
 RARE_CLASS_FRACTION = 0.01  # a class under this share of labelled pixels gets an imbalance warning
 TINY_OBJECT_FRACTION = 0.01  # median object under this share of its image gets a --size warning
 FEW_IMAGES = 10  # fewer usable pairs than this gets a "more data" warning
 _LISTED = 8  # file names shown in one warning line before "+N more"
-_ORIENTATION_TAG = 0x0112
-_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transposed or rotated by 90 degrees: width and height swap
 _READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -198,24 +197,17 @@ def _read_header(path: Path, report: CheckReport) -> _Header | None:
         with Image.open(path) as image:
             width, height = image.size
             mode = image.mode
-            orientation = _orientation(image)
+            orientation = exif_orientation(image)
     except _READ_ERRORS as exc:
         report.unreadable.append(path.relative_to(report.root).as_posix())
         report.errors.append(f"{path}: cannot read this image ({exc}). Re-export it as JPEG or PNG, or remove it.")
         return None
-    if orientation in _SWAPPING_ORIENTATIONS:
+    if orientation in SWAPPING_ORIENTATIONS:
         width, height = height, width
     if orientation != 1:
         report.exif_rotated.append(path.relative_to(report.root).as_posix())
     return _Header((width, height), mode, orientation)
 
-
-def _orientation(image: Image.Image) -> int:
-    """Return the EXIF orientation (1 = upright; 2-8 = flipped or rotated), read from the header."""
-    if image.format == "PNG" and "exif" not in image.info:
-        return 1  # Pillow would decode the whole PNG looking for a late eXIf chunk
-    value = image.getexif().get(_ORIENTATION_TAG, 1)
-    return int(value) if value in range(2, 9) else 1
 
 
 def _read_mask(path: Path, report: CheckReport) -> np.ndarray | None:
@@ -250,7 +242,7 @@ def _check_pair(info: DatasetInfo, image_path: Path, mask_path: Path, header: _H
     if (width, height) != header.size:
         usable = False
         report.size_mismatches.append(rel)
-        rotated = " after its EXIF rotation" if header.orientation in _SWAPPING_ORIENTATIONS else ""
+        rotated = " after its EXIF rotation" if header.orientation in SWAPPING_ORIENTATIONS else ""
         report.errors.append(f"{mask_path}: mask is {width}x{height} but {image_path.name} is "
                              f"{header.size[0]}x{header.size[1]}{rotated}; a mask must match its image pixel for "
                              "pixel. Re-export the mask at the image's size.")

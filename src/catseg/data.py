@@ -310,6 +310,25 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; 5-8 turn the picture by 90 degrees, swapping width and height
+SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """Return the EXIF orientation 1-8 of an opened image (1 = upright); missing or invalid values (0 occurs
+    in the wild) count as 1. Reads the header only for JPEG; a PNG is not decoded for a late eXIf chunk."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
+    return int(value) if value in range(2, 9) else 1
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """Return (width, height) of an opened image as shown, after its EXIF orientation."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in SWAPPING_ORIENTATIONS else (width, height)
+
+
 def image_bytes_for_dataset(data: bytes, name: str) -> tuple[bytes, str]:
     """Return (bytes, extension) to store a photo in images/: the original bytes when no EXIF
     rotation is needed (a JPEG is never re-encoded), else a lossless PNG of the rotated pixels.
@@ -317,8 +336,7 @@ def image_bytes_for_dataset(data: bytes, name: str) -> tuple[bytes, str]:
     The extension follows the content, so a PNG named `.jpg` is stored as `.png`.
     """
     image = open_image(data, name)
-    orientation = image.getexif().get(0x0112, 1)
-    if orientation not in (2, 3, 4, 5, 6, 7, 8):  # 1, missing, or invalid (0 occurs in the wild): nothing to do
+    if exif_orientation(image) == 1:  # nothing to apply
         fmt = image.format or "PNG"
         ext = _FORMAT_EXTENSIONS.get(fmt)
         if ext is not None:

@@ -26,6 +26,8 @@ from PIL import Image, ImageDraw
 
 from catseg.data import (
     DatasetWriter,
+    exif_orientation,
+    oriented_size,
     dataset_json,
     image_bytes_for_dataset,
     iter_files,
@@ -51,7 +53,6 @@ LINE_WIDTH = 10  # labelme's shape_to_mask defaults
 POINT_RADIUS = 5
 # Formats whose Pillow reader has `_getexif`, the only ones labelme rotates by their EXIF orientation.
 _LABELME_EXIF_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
-_ORIENTATION_TAG = 0x0112
 
 
 class _Invalid(ValueError):
@@ -312,8 +313,8 @@ def _image_grid(data: bytes, name: str, embedded: bool) -> tuple[tuple[int, int]
         image = open_image(data, name)
     except CatsegError as exc:
         raise _Invalid(str(exc)) from exc
-    orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-    if orientation not in range(2, 9):
+    orientation = exif_orientation(image)
+    if orientation == 1:
         return (image.height, image.width), False
     if embedded or image.format not in _LABELME_EXIF_FORMATS:
         return (image.height, image.width), True
@@ -419,8 +420,8 @@ def _write_source(writer: DatasetWriter, source: _Source, label_to_id: dict[str,
 def _loader_size(stored: bytes) -> tuple[int, int]:
     """Return (height, width) catseg's loader will see for stored image bytes, without decoding pixels."""
     with Image.open(io.BytesIO(stored)) as image:
-        swap = image.getexif().get(_ORIENTATION_TAG, 1) in (5, 6, 7, 8)
-        return (image.width, image.height) if swap else (image.height, image.width)
+        width, height = oriented_size(image)
+        return height, width
 
 
 def _command(src_dir: Path, out_dir: Path, labels_file: Path | None, skip_invalid: bool, viz: bool) -> str:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from catseg.data import DatasetInfo, open_image, read_mask, to_rgb_array
+from catseg.data import DatasetInfo, open_image, oriented_size, read_mask, to_rgb_array
 from catseg.errors import CatsegError
 from catseg.inference import resize_image, working_size
 
@@ -51,9 +51,7 @@ def load_resized(info: DatasetInfo, stem: str, size: int, policy: str = "stretch
     image_path = info.image_path(stem)
     mask = read_mask(info.mask_path(stem))
     pil = open_image(image_path, decode=False)
-    width, height = pil.size
-    if pil.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-        width, height = height, width
+    width, height = oriented_size(pil)
     if (height, width) != mask.shape:
         raise CatsegError(
             f"{image_path}: image is {width}x{height} but its mask {info.mask_path(stem)} is "

@@ -16,6 +16,7 @@ from catseg.data import (
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
     DatasetWriter,
+    oriented_size,
     dataset_json,
     image_bytes_for_dataset,
     mask_ids,
@@ -143,11 +144,10 @@ def _photo_size(path: Path) -> tuple[tuple[int, int], tuple[int, int]]:
     """Return ((W, H) as stored, i.e. after EXIF rotation, (W, H) of the raw pixels), reading the header only."""
     try:
         with Image.open(path) as image:
-            raw = image.size
-            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+            raw, shown = image.size, oriented_size(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CatsegError(f"{path}: cannot read this image ({exc}). Re-export it as JPEG or PNG.") from exc
-    return ((raw[1], raw[0]) if turned else raw), raw
+    return shown, raw
 
 
 def _size_problem(photo: Path, annotation: Path, size: tuple[int, int], raw: tuple[int, int],

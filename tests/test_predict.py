@@ -151,3 +151,12 @@ def test_flip_tta_is_mirror_symmetric_and_averages(tiny_run: Path) -> None:
     assert scaled.predict_proba(photo).shape == (2, 37, 53)
     with pytest.raises(CatsegError, match="--tta-scales"):
         Predictor.from_run(tiny_run, device="cpu", tta_scales=(10.0,))
+
+
+def test_class_names_cannot_steer_output_paths(tiny_run: Path, tmp_path: Path) -> None:
+    from catseg.predict import _output_paths
+
+    plan = _output_paths([tmp_path / "a.png"], tmp_path / "out", ["prob"], ["background", "../../etc/x", "cat/dog"])
+    paths = plan[tmp_path / "a.png"]["prob"]
+    assert all(p.parent == tmp_path / "out" for p in paths)
+    assert [p.name for p in paths] == ["a_prob_background.png", "a_prob__.._etc_x.png", "a_prob_cat_dog.png"]

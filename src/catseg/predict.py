@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import re
 import io
 import logging
 from collections.abc import Iterable, Sequence
@@ -178,11 +179,16 @@ def _output_paths(files: Sequence[Path], out_dir: Path, formats: Sequence[str], 
             elif fmt == "overlay":
                 outputs[fmt] = [out_dir / f"{f.stem}_overlay.jpg"]
             elif fmt == "prob":
-                outputs[fmt] = [out_dir / f"{f.stem}_prob_{c}.png" for c in classes]
+                outputs[fmt] = [out_dir / f"{f.stem}_prob_{_safe(c)}.png" for c in classes]
             elif fmt == "npy":
                 outputs[fmt] = [out_dir / f"{f.stem}_prob.npy"]
         plan[f] = outputs
     return plan
+
+
+def _safe(name: str) -> str:
+    """Return a class name fit for a file name: a name such as 'cat/dog' or '../x' must not leave --out."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "class"
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:

@@ -486,3 +486,13 @@ def test_cli_convert_bad_input_exits_2_with_one_clear_error(bad_folder: Path, tm
     err = capsys.readouterr().err
     assert err.count("catseg convert: error:") == 1 and "Traceback" not in err
     assert str(bad_folder / "poly2.json") in err and not (tmp_path / "out").exists()
+
+
+def test_force_never_replaces_the_folder_that_holds_the_sources(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    labelme_pair(ds / "labelme", "a", [shape("cat", [[1, 1], [9, 9]], "rectangle")])
+    (ds / "dataset.json").write_text('{"format": "catseg-dataset"}')  # an old dataset that holds the sources
+    before = snapshot(ds / "labelme")
+    with pytest.raises(CatsegError, match="which --force would replace"):
+        convert_labelme(ds / "labelme", ds, force=True)
+    assert snapshot(ds / "labelme") == before

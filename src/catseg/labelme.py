@@ -450,7 +450,8 @@ def convert_labelme(
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
         raise CatsegError(f"{src_dir}: no such folder. Give the folder that holds the labelme .json files.")
-    writer = DatasetWriter(out_dir, force=force, inputs=[labels_file])  # refuses a bad OUT_DIR before slow work
+    # refuses a bad OUT_DIR before slow work; --force must not replace a folder holding the sources
+    writer = DatasetWriter(out_dir, force=force, inputs=[labels_file, src_dir])
     label_to_id = read_labels_file(labels_file) if labels_file is not None else None
     sources = _find_sources(src_dir, out_dir)
     if label_to_id is None:

@@ -28,16 +28,39 @@ def test_data_stats(info) -> None:
 
 def test_more_time_buys_a_bigger_model(info, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
-    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.4))
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.05, 0.4))
     chosen = {}
-    for budget in ("2m", "20m", "4h"):
+    for budget in ("2m", "20m", "10h"):
         plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget=budget), info, info.stems(), set())
         chosen[budget] = (plan.config.size, plan.config.width)
         assert plan.reasons and plan.to_json()["size"] == plan.config.size
     assert chosen["2m"] == (96, 12)  # nothing reaches the step target: the smallest
-    assert chosen["4h"] == (256, 32)
-    sizes = [chosen[b][0] * chosen[b][1] for b in ("2m", "20m", "4h")]
+    assert chosen["10h"] == (256, 32)
+    sizes = [chosen[b][0] * chosen[b][1] for b in ("2m", "20m", "10h")]
     assert sizes == sorted(sizes)
+
+
+def test_probing_stops_at_the_first_candidate_that_misses_the_target(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    probed = []
+
+    def speed(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 2) -> float:
+        probed.append((size, width))
+        return _fake_speed(config, size, width, num_classes)
+
+    monkeypatch.setattr(planner, "seconds_per_step", speed)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.4))
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="20m"), info, info.stems(), set())
+    # 20 min: 0.85 * 1200 s / 5000 steps = 0.204 s per step at most; 128/w16 takes 0.262 s (fake).
+    assert (plan.config.size, plan.config.width) == (128, 12)
+    assert probed == [(96, 12), (112, 12), (128, 12), (128, 16)]  # the expensive candidates cost nothing
+
+
+def test_large_objects_do_not_buy_resolution(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.38, 0.4))
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10h"), info, info.stems(), set())
+    assert plan.config.size == 128  # the median object spans ~80 px there; the budget buys steps instead
+    assert any("median object spans" in r for r in plan.reasons)
 
 
 def test_given_flags_are_never_changed(info, monkeypatch: pytest.MonkeyPatch) -> None:

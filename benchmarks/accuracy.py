@@ -31,22 +31,24 @@ def _catseg(*args: str) -> str:
     return proc.stdout
 
 
-def run_budget(dataset: Path, work: Path, budget: str, train_args: list[str], tta: bool) -> dict:
+def run_budget(dataset: Path, work: Path, budget: str, train_args: list[str], tta: str) -> dict:
     """Train with one budget and return its scores."""
     run = work / f"run-{budget}"
     started = time.perf_counter()
     _catseg("train", str(dataset), "--out", str(run), "--time-budget", budget, "--force", *train_args)
     seconds = time.perf_counter() - started
     out = work / f"eval-{budget}"
-    _catseg("evaluate", str(run), str(dataset), "--out", str(out), "--force", *(["--tta"] if tta else []))
+    _catseg("evaluate", str(run), str(dataset), "--out", str(out), "--force",
+            *{"auto": [], "on": ["--tta"], "off": ["--no-tta"]}[tta])
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
     return {"budget": budget, "train_seconds": round(seconds, 1), "epochs": config["scores"]["epochs"],
             "pet_iou": summary["dataset"]["per_class"]["pet"]["iou"],
             "pet_iou_per_image": summary["per_image"]["per_class"]["pet"]["iou"],
             "miou": summary["dataset"]["miou"], "val_images": summary["num_images"],
-            "settings": {k: config["train"][k] for k in ("size", "resize", "width", "depth", "batch_size", "augment",
-                                                         "lr", "precision_used")}}
+            "mirror_tta": summary["tta"]["flip"], "postprocess": config["postprocess"],
+            "settings": {k: config["train"].get(k) for k in ("size", "resize", "width", "depth", "batch_size", "augment",
+                                                             "copy_paste", "lr", "precision_used")}}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -75,7 +77,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Oxford-IIIT Pet sample (release layout)")
     parser.add_argument("--budgets", default="2m,5m,10m,20m", help="comma list of --time-budget values")
     parser.add_argument("--train-args", default="", help="extra `catseg train` flags, quoted")
-    parser.add_argument("--tta", action="store_true", help="evaluate with test-time augmentation (mirror)")
+    parser.add_argument("--tta", choices=("auto", "on", "off"), default="auto",
+                        help="mirror test-time augmentation: as the run chose on validation (auto), always, or never")
     parser.add_argument("--plot", type=Path, default=Path("accuracy.png"), help="where to write the plot")
     parser.add_argument("--work", type=Path, default=None, help="keep datasets and runs here (default: a temp folder)")
     args = parser.parse_args()
@@ -91,7 +94,8 @@ def main() -> None:
         rows.append(run_budget(dataset, work, budget, shlex.split(args.train_args), args.tta))
         r = rows[-1]
         print(f"  {budget}: pet IoU {r['pet_iou']:.4f} (per image {r['pet_iou_per_image']:.4f}), "
-              f"{r['epochs']} epochs, {r['train_seconds']:.0f}s", file=sys.stderr, flush=True)
+              f"{r['epochs']} epochs, {r['train_seconds']:.0f}s, {r['settings']}, mirror TTA {r['mirror_tta']}",
+              file=sys.stderr, flush=True)
     print(f"{'budget':>7s} {'train s':>8s} {'epochs':>6s} {'pet IoU':>8s} {'per image':>9s} {'mIoU':>7s}")
     for r in rows:
         print(f"{r['budget']:>7s} {r['train_seconds']:8.0f} {r['epochs']:6d} {r['pet_iou']:8.4f} "

@@ -169,7 +169,8 @@ def part_predict_catseg(args: argparse.Namespace) -> dict:
     from catseg.predict import Predictor, predict_files
 
     photo = _photo_file(args.work / "photo.jpg", 640, 1024, 1)
-    predictor = Predictor.from_run(args.work / "run", device="cpu", precision=args.precision)
+    # tta=False: the engine is compared with the course's single forward pass (a run may choose mirroring).
+    predictor = Predictor.from_run(args.work / "run", device="cpu", precision=args.precision, tta=False)
     times = []
     for i in range(6 if not args.quick else 3):
         t0 = time.perf_counter()
@@ -182,7 +183,7 @@ def part_predict_catseg(args: argparse.Namespace) -> dict:
         _photo_file(batch_dir / f"b{i:02d}.jpg", 640, 1024, 100 + i)
     t0 = time.perf_counter()
     predict_files(args.work / "run", [str(batch_dir)], args.work / "batch_out", batch_size=8, force=True,
-                  device="cpu")
+                  device="cpu", tta=False)
     batch_seconds = time.perf_counter() - t0
     return {"predict_catseg_ms": 1000 * statistics.median(times[1:]), "predict_catseg_batch_img_s": 16 / batch_seconds,
             "predict_catseg_peak_mb": _peak_rss_mb()}

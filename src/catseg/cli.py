@@ -177,8 +177,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_tta_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: also predict the mirrored photo "
-                                                       "and average (about 2x slower)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tta", dest="tta", action="store_true", default=None,
+                       help="test-time augmentation: also predict the mirrored photo and average (about 2x slower); "
+                            "default: as training chose on validation (config.json \"tta\")")
+    group.add_argument("--no-tta", dest="tta", action="store_false", help="never mirror, whatever training chose")
     p.add_argument("--tta-scales", default="1", help="comma list of size factors to average over, e.g. 0.75,1,1.25")
 
 

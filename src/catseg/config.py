@@ -40,6 +40,8 @@ class TrainConfig:
                         "or the shorter side they are scaled to (--resize scale)")
     resize: str = _f("stretch", "size policy: stretch (whole photo to SIZE x SIZE) or scale (keep the aspect, shorter "
                                 "side SIZE; train on PATCH crops, predict with overlapping windows)")
+    size_start: int = _f(0, "--resize stretch: begin training at this smaller size and grow to --size over the first "
+                            "60 percent of training (cheap early steps; 0 = off)")
     patch: int = _f(0, "--resize scale: side of the training crops and prediction windows (0 = SIZE)")
     augment: str = _f("light", "joint image/mask augmentation: none, light or strong")
     loss: str = _f("dice+ce", "dice (the course's), ce (cross-entropy; BCE for two classes) or dice+ce")
@@ -85,6 +87,10 @@ class TrainConfig:
             problems.append(f"--patch {self.patch}: at least 16 (or 0 for the same as --size)")
         if self.patch and self.resize == "stretch":
             problems.append("--patch goes with --resize scale; with stretch the whole photo is one SIZE x SIZE input")
+        if self.size_start and not 16 <= self.size_start <= self.size:
+            problems.append(f"--size-start {self.size_start}: between 16 and --size ({self.size}), or 0 for off")
+        if self.size_start and self.resize != "stretch":
+            problems.append("--size-start goes with --resize stretch")
         if self.depth > 7:
             problems.append(f"--depth {self.depth}: at most 7 levels")
         if not self.lr > 0:

@@ -47,7 +47,7 @@ def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[
 
 def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = None, out_dir: str | Path | None = None,
              threshold: float | None = None, device: str = "auto", force: bool = False,
-             predictor: Predictor | None = None, tta: bool = False,
+             predictor: Predictor | None = None, tta: bool | None = None,
              tta_scales: Sequence[float] = (1.0,)) -> dict[str, Any]:
     """Return the scores of a run on a dataset (see the README's summary.json) and write them to out_dir."""
     run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)

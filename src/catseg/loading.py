@@ -164,9 +164,16 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def __init__(self, samples: Sequence[CachedSample], size: int, augment: str, ignore_index: int, seed: int,
                  policy: str = "stretch", patch: int | None = None) -> None:
         self.samples = list(samples)
+        self.size, self.augment, self.ignore_index, self.policy, self.patch = size, augment, ignore_index, policy, patch
         self.transform = build_augmentation(size, augment, ignore_index, policy, patch)
         self.seed = seed
         self.set_epoch(0)
+
+    def set_size(self, size: int) -> None:
+        """Produce samples of another size from now on (progressive resizing); the cache stays as it is."""
+        if size != self.size:
+            self.size = size
+            self.transform = build_augmentation(size, self.augment, self.ignore_index, self.policy, self.patch)
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed so that epoch N augments the same way whether or not the run was resumed."""

@@ -39,6 +39,10 @@ class Postprocess:
     def active(self) -> bool:
         return self.min_component_fraction > 0 or self.fill_holes
 
+    def describe(self) -> str:
+        """Return a short name such as 'drop<0.002+fill-holes' (or 'none')."""
+        return _name(self)
+
     def __call__(self, mask: np.ndarray) -> np.ndarray:
         """Return the cleaned (H, W) uint8 class-id mask (a new array)."""
         out = mask.copy()

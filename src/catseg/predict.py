@@ -33,13 +33,14 @@ class Predictor:
     """A trained model with its preprocessing, rebuilt from a run folder alone."""
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-                 tta: bool = False, tta_scales: Sequence[float] = (1.0,)) -> None:
+                 tta: bool | None = None, tta_scales: Sequence[float] = (1.0,)) -> None:
         self.config = config
         self.model = model.eval()
         self.device = device
         self.dtype = dtype
         self.postprocess = Postprocess.from_json(config.postprocess)  # chosen on validation at training
-        self.tta = tta  # also average over the horizontally flipped photo
+        # Also average over the horizontally flipped photo: as asked, else as chosen on validation at training.
+        self.tta = bool(config.tta.get("flip", False)) if tta is None else tta
         self.tta_scales = tuple(tta_scales)  # and over these multiples of the working size
         bad = [v for v in self.tta_scales if not 0.25 <= v <= 4.0]
         if bad or not self.tta_scales:
@@ -47,9 +48,10 @@ class Predictor:
                               "e.g. 0.75,1,1.25")
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto", tta: bool = False,
+    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
                  tta_scales: Sequence[float] = (1.0,)) -> Predictor:
-        """Return a Predictor for the best weights of a run folder (with test-time augmentation if asked)."""
+        """Return a Predictor for the best weights of a run folder. `tta` None mirrors the photo when training
+        found that it helps on validation (config.json "tta"); True or False decides it here."""
         run_dir = Path(run_dir)
         config = read_run_config(run_dir)
         model = create_model(config.model, in_channels=config.in_channels, num_classes=config.num_classes,
@@ -235,7 +237,7 @@ def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor, mask: np.ndarray, 
 
 def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path, formats: Sequence[str] = ("mask",),
                   threshold: float | None = None, device: str = "auto", batch_size: int = 4,
-                  force: bool = False, tta: bool = False, tta_scales: Sequence[float] = (1.0,)) -> list[Path]:
+                  force: bool = False, tta: bool | None = None, tta_scales: Sequence[float] = (1.0,)) -> list[Path]:
     """Predict every input photo and write the chosen formats into out_dir; return the written paths.
 
     Every output name is checked before anything is written, so a refusal leaves no partial output.

@@ -51,6 +51,7 @@ class RunConfig:
     patch: int = 0  # scale: window side at prediction (0 = size)
     threshold: float | None = None  # two classes: foreground probability cut-off chosen on validation
     postprocess: dict[str, Any] = field(default_factory=dict)  # catseg.postprocess.Postprocess, chosen on val
+    tta: dict[str, Any] = field(default_factory=dict)  # {"flip": true} when mirroring helped on validation
     train: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -72,6 +73,7 @@ class RunConfig:
                            "patch": self.patch or self.size},
             "threshold": self.threshold,
             "postprocess": self.postprocess,
+            "tta": self.tta,
             "dataset": self.dataset,
             "train": self.train,
             "scores": self.scores,
@@ -95,6 +97,7 @@ class RunConfig:
                 mean=list(pre["mean"]), std=list(pre["std"]), size=int(pre["size"]), resize=pre.get("resize", "stretch"),
                 patch=int(pre.get("patch", pre["size"])),
                 threshold=doc.get("threshold"), postprocess=dict(doc.get("postprocess") or {}),
+                tta=dict(doc.get("tta") or {}),
                 train=dict(doc.get("train", {})), scores=dict(doc.get("scores", {})),
                 versions=dict(doc.get("versions", {})), dataset=doc.get("dataset", ""),
             )

@@ -91,21 +91,35 @@ def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequenc
 
 
 @torch.inference_mode()
-def choose_cleanup(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None
-                    ) -> tuple[Postprocess, dict[str, float]]:
-    """Return the mask clean-up that scores best on the validation photos (at the working scale)."""
+def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None
+                  ) -> tuple[bool, Postprocess, dict[str, float]]:
+    """Return (mirror TTA on?, mask clean-up, every candidate's mIoU), chosen on the validation photos at the
+    working scale. Mirroring is kept when averaging with the flipped photo raises validation mIoU; the
+    clean-up is then chosen on those predictions. Doing nothing wins ties."""
     ctx.model.eval()
-    preds, truths = [], []
+    preds: dict[bool, list[np.ndarray]] = {False: [], True: []}
+    truths = []
     for images, masks in validation_batches(samples, 8, ctx.resize):
-        if ctx.resize == "stretch":
-            probs = ctx.forward(ctx.inputs(images)).float().softmax(1)
-        else:
-            probs = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None].softmax(1)
-        labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
-        preds += list(labels.to(torch.uint8).cpu().numpy())
+        plain = _probabilities(ctx, images)
+        both = (plain + _probabilities(ctx, images.flip(2)).flip(-1)) / 2  # images are (B, H, W, C)
+        for flip, probs in ((False, plain), (True, both)):
+            labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
+            preds[flip] += list(labels.to(torch.uint8).cpu().numpy())
         truths += list(masks.numpy().astype(np.uint8))
     ctx.model.train()
-    return choose_postprocess(preds, truths, ctx.num_classes, ctx.ignore_index)
+    plain_cleanup, plain_tried = choose_postprocess(preds[False], truths, ctx.num_classes, ctx.ignore_index)
+    flip_cleanup, flip_tried = choose_postprocess(preds[True], truths, ctx.num_classes, ctx.ignore_index)
+    tried = {**plain_tried, **{f"mirror-tta+{k}" if k != "none" else "mirror-tta": v for k, v in flip_tried.items()}}
+    if max(flip_tried.values()) > max(plain_tried.values()) + 1e-4:
+        return True, flip_cleanup, tried
+    return False, plain_cleanup, tried
+
+
+def _probabilities(ctx: StepContext, images: torch.Tensor) -> torch.Tensor:
+    """Return (B, K, H, W) probabilities of stacked cached squares (stretch) or one photo (scale)."""
+    if ctx.resize == "stretch":
+        return ctx.forward(ctx.inputs(images)).float().softmax(1)
+    return sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None].softmax(1)
 
 
 def validation_batches(samples: Sequence[CachedSample], batch_size: int,

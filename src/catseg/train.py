@@ -29,7 +29,7 @@ from catseg.planner import plan_training
 from catseg.run import (CONFIG_JSON, CURVES_PNG, LAST_WEIGHTS, METRICS_CSV, SPLITS_JSON, TRAIN_STATE, WEIGHTS,
                         RunConfig, plot_curves, versions, write_metrics_csv)
 from catseg.runtime import configure_threads, default_workers, precision_name, resolve_device, resolve_precision
-from catseg.steps import StepContext, choose_cleanup, timed_batches, train_step, validate
+from catseg.steps import StepContext, choose_finish, timed_batches, train_step, validate
 
 log = logging.getLogger(__name__)
 
@@ -240,28 +240,27 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     deadline = None if budget is None else started + budget - elapsed_before
 
     model.train()
-    last_line = 0.0
+    last_line = last_files = 0.0
+    val_seconds = 0.0  # validation time so far, kept to a small share of the training time
+    pending = {"waited": 0.0, "loss_sum": 0.0, "images": 0, "steps": 0, "seconds": 0.0}
     while True:
         if total_steps is not None and step >= total_steps:
             break
         if deadline is not None and time.perf_counter() >= deadline:
             break
         epoch += 1
+        if config.size_start:
+            dataset.set_size(_grown_size(config, _progress(loop_start, deadline, step, total_steps)))
         dataset.set_epoch(epoch)
         torch.manual_seed(config.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=config.batch_size, shuffle=True, drop_last=drop_last, num_workers=workers,
             worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        epoch_start, waited, loss_sum, n_images, n_steps = time.perf_counter(), 0.0, 0.0, 0, 0
+        epoch_start, n_steps = time.perf_counter(), 0
         for wait, (images, masks) in timed_batches(loader):
-            waited += wait
-            now = time.perf_counter()
-            if budget:
-                lr_progress = (now - loop_start) / max(1e-9, deadline - loop_start) if deadline else 1.0
-            else:
-                lr_progress = step / max(1, total_steps)
-            lr = learning_rate(lr_progress, config.lr, config.warmup)
+            pending["waited"] += wait
+            lr = learning_rate(_progress(loop_start, deadline, step, total_steps), config.lr, config.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = train_step(ctx, optimizer, images, masks)
@@ -270,50 +269,83 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
                                   "Lower --lr, or use --precision fp32.")
             step += 1
             n_steps += 1
-            loss_sum += loss * len(images)
-            n_images += len(images)
+            pending["steps"] += 1
+            pending["loss_sum"] += loss * len(images)
+            pending["images"] += len(images)
             if progress is not None:
                 progress(StepReport(epoch, n_steps, steps_per_epoch, loss, lr,
-                                    n_images / max(1e-9, time.perf_counter() - epoch_start)))
+                                    n_steps * config.batch_size / max(1e-9, time.perf_counter() - epoch_start)))
             if total_steps is not None and step >= total_steps:
                 break
             if deadline is not None and time.perf_counter() >= deadline:
                 break
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - epoch_start
+        pending["seconds"] += time.perf_counter() - epoch_start
+        finished = (total_steps is not None and step >= total_steps) or (
+            deadline is not None and time.perf_counter() >= deadline)
+        # Short epochs are validated less often early on, so validation stays a few percent of the time;
+        # the last 30% of training, where the best weights almost always are, is validated every epoch.
+        train_elapsed = time.perf_counter() - loop_start - val_seconds
+        if not (finished or epoch == 1 or _progress(loop_start, deadline, step, total_steps) >= 0.7
+                or val_seconds <= 0.04 * train_elapsed):
+            continue
+        val_start = time.perf_counter()
         val = validate(ctx, val_cache, info.classes, config.batch_size)
-        row = {"epoch": epoch, "steps": n_steps, "train_loss": loss_sum / max(1, n_images), **val,
-               "images_per_s": n_images / max(1e-9, train_seconds), "data_wait_frac": waited / max(1e-9, train_seconds),
+        val_seconds += time.perf_counter() - val_start
+        row = {"epoch": epoch, "steps": pending["steps"], "train_loss": pending["loss_sum"] / max(1, pending["images"]),
+               **val, "images_per_s": pending["images"] / max(1e-9, pending["seconds"]),
+               "data_wait_frac": pending["waited"] / max(1e-9, pending["seconds"]),
                "lr": lr, "seconds": time.perf_counter() - epoch_start, "elapsed": time.perf_counter() - loop_start}
+        pending = dict.fromkeys(pending, 0)
         history.append(row)
         improved = _is_better(val["val_miou"], best["val_miou"])
         if improved:
             best = {"val_miou": val["val_miou"], "epoch": epoch, "threshold": val.get("threshold"),
                     "val_ece": val["val_ece"], "val_iou_at_threshold": val.get("val_iou_at_threshold")}
             save_weights(model, run_dir / WEIGHTS)
-        # Every epoch is in metrics.csv; the log gets improvements and a line every 10 s, so epochs of a
-        # fraction of a second (small data) do not flood the terminal.
+        # Every validated epoch is in metrics.csv; the log gets improvements and a line every 10 s, so epochs
+        # of a fraction of a second (small data) do not flood the terminal.
         if improved or time.perf_counter() - last_line >= 10.0:
             last_line = time.perf_counter()
             log.info("epoch %d: train loss %.4f, val loss %.4f, val mIoU %.4f%s, %.1f img/s, data wait %.0f%%, %.0fs%s",
                      epoch, row["train_loss"], row["val_loss"], row["val_miou"], " (best)" if improved else "",
                      row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"],
                      _eta(deadline, total_steps, step, row["elapsed"]))
-        _checkpoint(run_dir, model, optimizer, epoch, step, time.perf_counter() - loop_start, history, best)
-        _finish_files(run_dir, run_config, history, best, info.classes)
+        # The resume state and the plot are rewritten at most every 20 s (and at the end).
+        if finished or time.perf_counter() - last_files >= 20.0:
+            last_files = time.perf_counter()
+            _checkpoint(run_dir, model, optimizer, epoch, step, time.perf_counter() - loop_start,
+                        history, best)
+            _finish_files(run_dir, run_config, history, best, info.classes, epoch)
 
     if not (run_dir / WEIGHTS).is_file():
         save_weights(model, run_dir / WEIGHTS)
     load_weights(model, run_dir / WEIGHTS)
-    cleanup, tried = choose_cleanup(ctx, val_cache, best.get("threshold"))
+    mirror, cleanup, tried = choose_finish(ctx, val_cache, best.get("threshold"))
     run_config.postprocess = cleanup.to_json() if cleanup.active else {}
+    run_config.tta = {"flip": True} if mirror else {}
     best["postprocess_val_miou"] = tried
-    log.info("post-processing on validation (mIoU): %s -> %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()),
-             "kept" if cleanup.active else "none kept")
-    _finish_files(run_dir, run_config, history, best, info.classes)
+    log.info("on validation (mIoU): %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
+    log.info("prediction will use: %s%s", "mirror test-time augmentation, " if mirror else "",
+             f"clean-up {cleanup.describe()}" if cleanup.active else "no clean-up")
+    _finish_files(run_dir, run_config, history, best, info.classes, epoch)
     return FitResult(run_dir, epoch, int(best["epoch"]), float(best["val_miou"]), best.get("threshold"),
                      time.perf_counter() - started, history)
+
+
+def _grown_size(config: TrainConfig, progress: float) -> int:
+    """Return the training size at a point of training under --size-start: linear growth from size_start
+    to size over the first 60%, in steps of 16 pixels."""
+    grown = config.size_start + (config.size - config.size_start) * min(1.0, progress / 0.6)
+    return min(config.size, max(config.size_start, int(grown) // 16 * 16))
+
+
+def _progress(loop_start: float, deadline: float | None, step: int, total_steps: int | None) -> float:
+    """Return how far training is (0..1): by the clock under a time budget, else by steps."""
+    if deadline is not None:
+        return (time.perf_counter() - loop_start) / max(1e-9, deadline - loop_start)
+    return step / max(1, total_steps or 1)
 
 
 def _eta(deadline: float | None, total_steps: int | None, step: int, elapsed: float) -> str:
@@ -405,10 +437,10 @@ def _load_resume(run_dir: Path, config: TrainConfig) -> tuple[TrainConfig, dict[
 
 
 def _finish_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, Any]], best: dict[str, Any],
-                  classes: Sequence[str]) -> None:
+                  classes: Sequence[str], epochs: int) -> None:
     run_config.threshold = best.get("threshold")
     run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
-                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": len(history),
+                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": epochs,
                          "postprocess_val_miou": best.get("postprocess_val_miou", {})}
     atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
     write_metrics_csv(run_dir / METRICS_CSV, history)

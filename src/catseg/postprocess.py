@@ -69,21 +69,41 @@ def remove_small_components(mask: np.ndarray, min_fraction: float) -> np.ndarray
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Return the mask with background regions that touch no image border and are enclosed by a single
-    class given that class."""
+    class given that class.
+
+    One pass per class over the image, whatever the number of regions: a 3x3 dilation of each class
+    marks the background regions it touches, and diagonal contacts between two background regions
+    (separate under 4-connectivity) count as touching background, which is never filled.
+    """
     out = mask.copy()
     count, labels = cv2.connectedComponents((mask == 0).astype(np.uint8), connectivity=4)
-    h, w = mask.shape
-    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])).tolist())
+    if count <= 2:  # background is one region (or none): nothing enclosed
+        return out
     kernel = np.ones((3, 3), np.uint8)
-    for region in range(1, count):
-        if region in border:
+    background = mask == 0
+    touches: dict[int, np.ndarray] = {}  # class -> which regions it touches (count,)
+    for class_id in np.unique(mask):
+        if class_id == 0:
             continue
-        inside = labels == region
-        ring = cv2.dilate(inside.astype(np.uint8), kernel).astype(bool) & ~inside
-        neighbours = np.unique(mask[ring])
-        if len(neighbours) == 1 and neighbours[0] != 0:
-            out[inside] = neighbours[0]
-    return out
+        ring = cv2.dilate((mask == class_id).astype(np.uint8), kernel).astype(bool) & background
+        touches[int(class_id)] = np.bincount(labels[ring], minlength=count) > 0
+    # Regions that touch another background region diagonally, or the border, stay background.
+    blocked = np.zeros(count, bool)
+    for a, b in ((labels[:-1, :-1], labels[1:, 1:]), (labels[:-1, 1:], labels[1:, :-1])):
+        both = (a > 0) & (b > 0) & (a != b)
+        blocked[a[both]] = True
+        blocked[b[both]] = True
+    blocked[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
+    blocked[0] = True  # label 0 is the foreground
+    if not touches:
+        return out
+    classes = np.array(list(touches))
+    matrix = np.stack([touches[c] for c in classes])  # (K', count)
+    single = (matrix.sum(0) == 1) & ~blocked
+    fill = np.zeros(count, mask.dtype)
+    fill[single] = classes[matrix[:, single].argmax(0)]
+    holes = fill[labels]
+    return np.where(holes > 0, holes, out)
 
 
 def choose_postprocess(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray], num_classes: int,

@@ -6,7 +6,7 @@
     RUN/last.safetensors   weights of the last finished epoch   } for --resume
     RUN/train_state.pt     optimizer, schedule, epoch, history  } (tensors only, weights_only load)
     RUN/splits.json        the train and val stems
-    RUN/metrics.csv        one row per epoch
+    RUN/metrics.csv        one row per validated epoch
     RUN/curves.png         loss and mIoU curves
 """
 
@@ -15,12 +15,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catseg.data import atomic_write_bytes
+from catseg.config import TrainConfig
+from catseg.data import atomic_write_bytes, atomic_write_json
 from catseg.errors import CatsegError
 
 RUN_FORMAT = "catseg-run"
@@ -187,3 +189,36 @@ def plot_curves(path: Path, history: Sequence[dict[str, Any]], classes: Sequence
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def prepare_run_dir(config: TrainConfig) -> Path:
+    """Return the run folder for `config`, created empty, or the existing one when resuming. An existing
+    folder is replaced only with --force and only when catseg wrote it."""
+    run_dir = Path(config.out)
+    if config.resume:
+        if not (run_dir / TRAIN_STATE).is_file():
+            raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not config.force:
+            raise CatsegError(f"{run_dir}: already exists and is not empty. Choose another --out, add --resume "
+                              "to continue it, or --force to replace it.")
+        if (run_dir / CONFIG_JSON).is_file() or (run_dir / TRAIN_STATE).is_file():
+            shutil.rmtree(run_dir)
+        else:
+            raise CatsegError(f"{run_dir}: is not a catseg run folder; refusing to delete it even with --force.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_run_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, Any]], best: dict[str, Any],
+                    classes: Sequence[str], epochs: int) -> None:
+    """Write config.json (with the best scores so far), metrics.csv and curves.png."""
+    run_config.threshold = best.get("threshold")
+    run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
+                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": epochs,
+                         "postprocess_val_miou": best.get("postprocess_val_miou", {})}
+    atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
+    write_metrics_csv(run_dir / METRICS_CSV, history)
+    if history:
+        plot_curves(run_dir / CURVES_PNG, history, classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from catseg.inference import sliding_window
-from catseg.loading import CachedSample, normalise, stack_batch
+from catseg.inference import sliding_window, window_starts
+from catseg.loading import AugmentedDataset, CachedSample, normalise, stack_batch
 from catseg.losses import SegmentationLoss
 from catseg.metrics import CalibrationAccumulator, MetricAccumulator, ThresholdSearch
 from catseg.postprocess import Postprocess, choose_postprocess
@@ -144,3 +145,34 @@ def timed_batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[float, 
         except StopIteration:
             return
         yield time.perf_counter() - t0, batch
+
+
+def estimate_epoch_seconds(ctx: StepContext, dataset: AugmentedDataset, val_cache: Sequence[CachedSample],
+                            batch_size: int, steps_per_epoch: int) -> float:
+    """Return the seconds one epoch (training + validation) should take, measured on a copy of the model
+    so the measurement does not touch the real weights."""
+    probe = copy.deepcopy(ctx.model)
+    probe_ctx = StepContext(probe, ctx.loss_fn, ctx.device, ctx.dtype, ctx.mean, ctx.std, ctx.channels_last,
+                         ctx.num_classes, ctx.ignore_index, None, ctx.resize, ctx.patch)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
+    n = min(len(dataset), batch_size)
+    batch = [dataset[i] for i in range(n)]
+    images, masks = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    train_step(probe_ctx, optimizer, images, masks)  # warm-up: allocations, kernel choice
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(2):
+        train_step(probe_ctx, optimizer, images, masks)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    step_seconds = (time.perf_counter() - t0) / 2 * (batch_size / n)
+    del probe, optimizer
+    # A forward pass costs about a third of a training step; under scale each photo is several windows.
+    if ctx.resize == "stretch":
+        windows = len(val_cache)
+    else:
+        windows = sum(len(window_starts(s.mask.shape[0], ctx.patch, 0.5))
+                      * len(window_starts(s.mask.shape[1], ctx.patch, 0.5)) for s in val_cache)
+    val_seconds = windows / batch_size * step_seconds / 3
+    return steps_per_epoch * step_seconds + val_seconds

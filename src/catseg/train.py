@@ -20,16 +20,15 @@ import torch
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, atomic_write_bytes, atomic_write_json, read_dataset
 from catseg.errors import CatsegError
-from catseg.inference import window_starts
 from catseg.loading import (AugmentedDataset, CachedSample, cache_fits_in_memory, cache_samples, cache_side,
                             seed_worker)
 from catseg.losses import SegmentationLoss, class_weights_from_frequency
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for, save_weights
 from catseg.planner import plan_training
-from catseg.run import (CONFIG_JSON, CURVES_PNG, LAST_WEIGHTS, METRICS_CSV, SPLITS_JSON, TRAIN_STATE, WEIGHTS,
-                        RunConfig, plot_curves, versions, write_metrics_csv)
+from catseg.run import (LAST_WEIGHTS, SPLITS_JSON, TRAIN_STATE, WEIGHTS, RunConfig, prepare_run_dir, versions,
+                        write_run_files)
 from catseg.runtime import configure_threads, default_workers, precision_name, resolve_device, resolve_precision
-from catseg.steps import StepContext, choose_finish, timed_batches, train_step, validate
+from catseg.steps import StepContext, choose_finish, estimate_epoch_seconds, timed_batches, train_step, validate
 
 log = logging.getLogger(__name__)
 
@@ -121,25 +120,6 @@ def learning_rate(progress: float, peak: float, warmup: float) -> float:
     return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
-# ----------------------------------------------------------------------------- the run folder
-def _prepare_run_dir(config: TrainConfig) -> Path:
-    run_dir = Path(config.out)
-    if config.resume:
-        if not (run_dir / TRAIN_STATE).is_file():
-            raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not config.force:
-            raise CatsegError(f"{run_dir}: already exists and is not empty. Choose another --out, add --resume "
-                              "to continue it, or --force to replace it.")
-        if (run_dir / CONFIG_JSON).is_file() or (run_dir / TRAIN_STATE).is_file():
-            shutil.rmtree(run_dir)
-        else:
-            raise CatsegError(f"{run_dir}: is not a catseg run folder; refusing to delete it even with --force.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 # ----------------------------------------------------------------------------- fit
 def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
     """Train a model as `config` says and return what it reached; the run folder is `config.out`.
@@ -154,7 +134,7 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
         config, state = _load_resume(run_dir, config)
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
-    run_dir = _prepare_run_dir(config)
+    run_dir = prepare_run_dir(config)
     plan_doc: dict[str, Any] = {}
     if config.time_budget and not config.no_plan and not config.resume:
         plan = plan_training(config, info, train_stems, set(config.given))
@@ -232,7 +212,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     budget = config.time_budget_s
     total_steps = None if budget else config.epochs * steps_per_epoch
     if budget:
-        estimate = _estimate_epoch_seconds(ctx, dataset, val_cache, config.batch_size, steps_per_epoch)
+        estimate = estimate_epoch_seconds(ctx, dataset, val_cache, config.batch_size, steps_per_epoch)
         fits = max(1, int((budget - (time.perf_counter() - started)) // estimate))
         log.info("time budget %s: one epoch (%d steps + validation) takes about %.1fs, so about %d epochs fit",
                  config.time_budget, steps_per_epoch, estimate, fits)
@@ -317,7 +297,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
             last_files = time.perf_counter()
             _checkpoint(run_dir, model, optimizer, epoch, step, time.perf_counter() - loop_start,
                         history, best)
-            _finish_files(run_dir, run_config, history, best, info.classes, epoch)
+            write_run_files(run_dir, run_config, history, best, info.classes, epoch)
 
     if not (run_dir / WEIGHTS).is_file():
         save_weights(model, run_dir / WEIGHTS)
@@ -329,7 +309,7 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
     log.info("on validation (mIoU): %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
     log.info("prediction will use: %s%s", "mirror test-time augmentation, " if mirror else "",
              f"clean-up {cleanup.describe()}" if cleanup.active else "no clean-up")
-    _finish_files(run_dir, run_config, history, best, info.classes, epoch)
+    write_run_files(run_dir, run_config, history, best, info.classes, epoch)
     return FitResult(run_dir, epoch, int(best["epoch"]), float(best["val_miou"]), best.get("threshold"),
                      time.perf_counter() - started, history)
 
@@ -381,39 +361,6 @@ def _class_weights(config: TrainConfig, samples: Sequence[CachedSample], info: D
     return weights
 
 
-def _estimate_epoch_seconds(ctx: StepContext, dataset: AugmentedDataset, val_cache: Sequence[CachedSample],
-                            batch_size: int, steps_per_epoch: int) -> float:
-    """Return the seconds one epoch (training + validation) should take, measured on a copy of the model
-    so the measurement does not touch the real weights."""
-    import copy
-
-    probe = copy.deepcopy(ctx.model)
-    probe_ctx = StepContext(probe, ctx.loss_fn, ctx.device, ctx.dtype, ctx.mean, ctx.std, ctx.channels_last,
-                         ctx.num_classes, ctx.ignore_index, None, ctx.resize, ctx.patch)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
-    n = min(len(dataset), batch_size)
-    batch = [dataset[i] for i in range(n)]
-    images, masks = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-    train_step(probe_ctx, optimizer, images, masks)  # warm-up: allocations, kernel choice
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(2):
-        train_step(probe_ctx, optimizer, images, masks)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-    step_seconds = (time.perf_counter() - t0) / 2 * (batch_size / n)
-    del probe, optimizer
-    # A forward pass costs about a third of a training step; under scale each photo is several windows.
-    if ctx.resize == "stretch":
-        windows = len(val_cache)
-    else:
-        windows = sum(len(window_starts(s.mask.shape[0], ctx.patch, 0.5))
-                      * len(window_starts(s.mask.shape[1], ctx.patch, 0.5)) for s in val_cache)
-    val_seconds = windows / batch_size * step_seconds / 3
-    return steps_per_epoch * step_seconds + val_seconds
-
-
 def _checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
                 elapsed: float, history: list[dict[str, Any]], best: dict[str, Any]) -> None:
     save_weights(model, run_dir / LAST_WEIGHTS)
@@ -434,15 +381,3 @@ def _load_resume(run_dir: Path, config: TrainConfig) -> tuple[TrainConfig, dict[
                                      "out": str(run_dir), "no_plan": True})  # the stored settings were planned
     state = torch.load(run_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
     return resumed.validate(), state
-
-
-def _finish_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, Any]], best: dict[str, Any],
-                  classes: Sequence[str], epochs: int) -> None:
-    run_config.threshold = best.get("threshold")
-    run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
-                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": epochs,
-                         "postprocess_val_miou": best.get("postprocess_val_miou", {})}
-    atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
-    write_metrics_csv(run_dir / METRICS_CSV, history)
-    if history:
-        plot_curves(run_dir / CURVES_PNG, history, classes)

@@ -124,6 +124,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                  f"{f(summary['per_image']['miou']):>7s} {f(summary['per_image']['mdice']):>8s}")
     lines.append(f"pixel accuracy {f(summary['dataset']['pixel_accuracy'])}, calibration error (ECE) "
                  f"{f(summary.get('ece'))}" + (f", threshold {summary['threshold']:.2f}"
-                                              if summary.get("threshold") is not None else ""))
+                                              if summary.get("threshold") is not None else "")
+                 + (", mirror TTA" if summary.get("tta", {}).get("flip") else ""))
     lines.append(f"(dataset-wide: pixels summed over all images; /img: mean over images)\nwritten to {summary['out_dir']}")
     return "\n".join(lines)

@@ -48,7 +48,7 @@ def run_budget(dataset: Path, work: Path, budget: str, train_args: list[str], tt
             "miou": summary["dataset"]["miou"], "val_images": summary["num_images"],
             "mirror_tta": summary["tta"]["flip"], "postprocess": config["postprocess"],
             "settings": {k: config["train"].get(k) for k in ("size", "resize", "width", "depth", "batch_size", "augment",
-                                                             "copy_paste", "lr", "precision_used")}}
+                                                             "size_start", "lr", "precision_used")}}
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -99,3 +99,30 @@ def test_mirror_tta_is_chosen_on_validation_and_used_by_default(tiny_run: Path, 
     (run / "config.json").write_text(json.dumps(config))
     assert Predictor.from_run(run, device="cpu").tta is True
     assert Predictor.from_run(run, device="cpu", tta=False).tta is False
+
+
+def test_config_json_follows_every_new_best_epoch(tmp_path: Path, tiny_dataset: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.json is rewritten at most every 20 s, except when the best weights change: its threshold and
+    scores must always describe model.safetensors, even if training stops right there."""
+    import catseg.train as train_module
+
+    out = tmp_path / "run"
+    state: dict = {"epoch": 0, "saved": None}
+    seen: list[tuple[int, int]] = []
+    real_save = train_module.save_weights
+
+    def save(model, path):
+        real_save(model, path)
+        if path.name == "model.safetensors":
+            state["saved"] = state["epoch"]
+
+    def progress(report) -> None:
+        if report.step == 1 and state["saved"] is not None:  # first step after an epoch's bookkeeping
+            seen.append((json.loads((out / "config.json").read_text())["scores"]["best_epoch"], state["saved"]))
+        state["epoch"] = report.epoch
+
+    monkeypatch.setattr(train_module, "save_weights", save)
+    fit(_config(tiny_dataset, out, epochs=8, batch_size=2, lr=3e-2), progress=progress)
+    assert len({saved for _, saved in seen}) >= 2  # the best moved at least once after epoch 1
+    assert all(written == saved for written, saved in seen)

@@ -212,13 +212,13 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 
 
 def write_run_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, Any]], best: dict[str, Any],
-                    classes: Sequence[str], epochs: int) -> None:
-    """Write config.json (with the best scores so far), metrics.csv and curves.png."""
+                    classes: Sequence[str], epochs: int, plot: bool = True) -> None:
+    """Write config.json (with the best scores so far), metrics.csv and, with `plot`, curves.png."""
     run_config.threshold = best.get("threshold")
     run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
                          "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": epochs,
                          "postprocess_val_miou": best.get("postprocess_val_miou", {})}
     atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
     write_metrics_csv(run_dir / METRICS_CSV, history)
-    if history:
+    if history and plot:
         plot_curves(run_dir / CURVES_PNG, history, classes)

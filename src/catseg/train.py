@@ -292,12 +292,15 @@ def _fit_cached(config: TrainConfig, info: DatasetInfo, run_dir: Path, state: di
                      epoch, row["train_loss"], row["val_loss"], row["val_miou"], " (best)" if improved else "",
                      row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"],
                      _eta(deadline, total_steps, step, row["elapsed"]))
-        # The resume state and the plot are rewritten at most every 20 s (and at the end).
+        # The resume state and the plot are rewritten at most every 20 s (and at the end); config.json
+        # also whenever the best weights change, so its threshold always belongs to model.safetensors.
         if finished or time.perf_counter() - last_files >= 20.0:
             last_files = time.perf_counter()
             _checkpoint(run_dir, model, optimizer, epoch, step, time.perf_counter() - loop_start,
                         history, best)
             write_run_files(run_dir, run_config, history, best, info.classes, epoch)
+        elif improved:
+            write_run_files(run_dir, run_config, history, best, info.classes, epoch, plot=False)
 
     if not (run_dir / WEIGHTS).is_file():
         save_weights(model, run_dir / WEIGHTS)

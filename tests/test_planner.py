@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from catseg import planner
 from catseg.config import TrainConfig
@@ -99,3 +100,20 @@ def test_cli_plans_and_records_it(tmp_path: Path) -> None:
                  "--depth", "2", "--size", "48", "--no-plan"]) == 0
     train = json.loads((tmp_path / "r2" / "config.json").read_text())["train"]
     assert train["plan"] == {} and train["size"] == 48 and train["width"] == 32
+
+
+def test_step_timing_is_the_median_after_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slow step (a page fault, another process) must not decide the plan."""
+    from catseg import steps
+
+    durations = iter([5.0, 5.0, 0.1, 9.0, 0.1, 0.1, 0.1])  # two warm-ups, then one outlier among five
+    clock = {"now": 0.0}
+
+    def fake_step(ctx, optimizer, images, masks) -> float:
+        clock["now"] += next(durations)
+        return 0.0
+
+    monkeypatch.setattr(steps, "train_step", fake_step)
+    monkeypatch.setattr(steps.time, "perf_counter", lambda: clock["now"])
+    ctx = type("Ctx", (), {"device": torch.device("cpu")})()
+    assert steps.step_seconds(ctx, None, None, None) == pytest.approx(0.1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,7 +22,8 @@ from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, open_image, read_mask
 from catseg.losses import SegmentationLoss
 from catseg.models import create_model
-from catseg.runtime import autocast, resolve_device, resolve_precision
+from catseg.runtime import resolve_device, resolve_precision
+from catseg.steps import StepContext, step_seconds
 
 log = logging.getLogger(__name__)
 
@@ -78,34 +78,18 @@ def data_stats(info: DatasetInfo, stems: list[str], sample: int = 200) -> DataSt
 
 
 def seconds_per_step(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 5) -> float:
-    """Return the measured seconds of one training step (forward, loss, backward, AdamW) at this size and
-    width, on the configured device and precision, with random data: the median of `repeats` steps after
-    two warm-up steps. (Timing two steps after one warm-up was seen to be off by 45% on a 2-core CPU, and
-    it picked a smaller model than the budget allowed.)"""
+    """Return the measured seconds of one training step (the real train_step: normalise, forward, loss,
+    backward, AdamW) at this size and width, on the configured device and precision, with random data."""
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     torch.manual_seed(0)
     model = create_model("unet", 3, num_classes, width=width, depth=config.depth, upsample=config.upsample)
     model.to(device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    loss_fn = SegmentationLoss(config.loss, num_classes).to(device)
-    x = torch.randn(config.batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, num_classes, (config.batch_size, size, size), device=device)
-
-    def step() -> float:
-        start = time.perf_counter()
-        with autocast(device, dtype):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    step(), step()  # warm-up: allocations, kernel choice, thread pool
-    return float(np.median([step() for _ in range(repeats)]))
+    ctx = StepContext(model, SegmentationLoss(config.loss, num_classes).to(device), device, dtype, [0.5] * 3,
+                      [0.5] * 3, True, num_classes, 255)
+    images = torch.randint(0, 256, (config.batch_size, size, size, 3), dtype=torch.uint8)
+    masks = torch.randint(0, num_classes, (config.batch_size, size, size))
+    return step_seconds(ctx, torch.optim.AdamW(model.parameters(), lr=1e-4), images, masks, repeats=repeats)
 
 
 def plan_training(config: TrainConfig, info: DatasetInfo, train_stems: list[str], given: set[str]) -> Plan:

@@ -70,10 +70,7 @@ def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequenc
     loss_sum, count = 0.0, 0
     for images, masks in validation_batches(samples, batch_size, ctx.resize):
         y = masks.to(ctx.device)
-        if ctx.resize == "stretch":
-            logits = ctx.forward(ctx.inputs(images)).float()
-        else:  # one photo of its own shape, covered by overlapping windows as at prediction
-            logits = sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None]
+        logits = _logits(ctx, images)
         loss_sum += float(ctx.loss_fn(logits, y)) * len(images)
         count += len(images)
         probs = logits.softmax(1)
@@ -101,8 +98,8 @@ def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: 
     preds: dict[bool, list[np.ndarray]] = {False: [], True: []}
     truths = []
     for images, masks in validation_batches(samples, 8, ctx.resize):
-        plain = _probabilities(ctx, images)
-        both = (plain + _probabilities(ctx, images.flip(2)).flip(-1)) / 2  # images are (B, H, W, C)
+        plain = _logits(ctx, images).softmax(1)
+        both = (plain + _logits(ctx, images.flip(2)).softmax(1).flip(-1)) / 2  # images are (B, H, W, C)
         for flip, probs in ((False, plain), (True, both)):
             labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
             preds[flip] += list(labels.to(torch.uint8).cpu().numpy())
@@ -116,11 +113,12 @@ def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: 
     return False, plain_cleanup, tried
 
 
-def _probabilities(ctx: StepContext, images: torch.Tensor) -> torch.Tensor:
-    """Return (B, K, H, W) probabilities of stacked cached squares (stretch) or one photo (scale)."""
+def _logits(ctx: StepContext, images: torch.Tensor) -> torch.Tensor:
+    """Return float (B, K, H, W) logits of stacked cached squares (stretch), or of one photo of its own shape
+    covered by overlapping windows as at prediction (scale)."""
     if ctx.resize == "stretch":
-        return ctx.forward(ctx.inputs(images)).float().softmax(1)
-    return sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None].softmax(1)
+        return ctx.forward(ctx.inputs(images)).float()
+    return sliding_window(ctx.forward, ctx.inputs(images)[0], ctx.patch)[None]
 
 
 def validation_batches(samples: Sequence[CachedSample], batch_size: int,
@@ -147,26 +145,35 @@ def timed_batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[float, 
         yield time.perf_counter() - t0, batch
 
 
+def step_seconds(ctx: StepContext, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor,
+                 warmup: int = 2, repeats: int = 5) -> float:
+    """Return the median seconds of `repeats` training steps on one batch, after `warmup` untimed steps
+    (allocations, kernel choice, thread pool). Timing two steps after one warm-up was seen to be off by
+    45% on a 2-core CPU; the median of five is steady."""
+    def timed() -> float:
+        start = time.perf_counter()
+        train_step(ctx, optimizer, images, masks)
+        if ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        timed()
+    return float(np.median([timed() for _ in range(repeats)]))
+
+
 def estimate_epoch_seconds(ctx: StepContext, dataset: AugmentedDataset, val_cache: Sequence[CachedSample],
-                            batch_size: int, steps_per_epoch: int) -> float:
+                           batch_size: int, steps_per_epoch: int) -> float:
     """Return the seconds one epoch (training + validation) should take, measured on a copy of the model
     so the measurement does not touch the real weights."""
     probe = copy.deepcopy(ctx.model)
     probe_ctx = StepContext(probe, ctx.loss_fn, ctx.device, ctx.dtype, ctx.mean, ctx.std, ctx.channels_last,
-                         ctx.num_classes, ctx.ignore_index, None, ctx.resize, ctx.patch)
+                            ctx.num_classes, ctx.ignore_index, None, ctx.resize, ctx.patch)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=0.0)
     n = min(len(dataset), batch_size)
     batch = [dataset[i] for i in range(n)]
     images, masks = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-    train_step(probe_ctx, optimizer, images, masks)  # warm-up: allocations, kernel choice
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(2):
-        train_step(probe_ctx, optimizer, images, masks)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize()
-    step_seconds = (time.perf_counter() - t0) / 2 * (batch_size / n)
+    seconds = step_seconds(probe_ctx, optimizer, images, masks, warmup=1, repeats=3) * (batch_size / n)
     del probe, optimizer
     # A forward pass costs about a third of a training step; under scale each photo is several windows.
     if ctx.resize == "stretch":
@@ -174,5 +181,5 @@ def estimate_epoch_seconds(ctx: StepContext, dataset: AugmentedDataset, val_cach
     else:
         windows = sum(len(window_starts(s.mask.shape[0], ctx.patch, 0.5))
                       * len(window_starts(s.mask.shape[1], ctx.patch, 0.5)) for s in val_cache)
-    val_seconds = windows / batch_size * step_seconds / 3
-    return steps_per_epoch * step_seconds + val_seconds
+    val_seconds = windows / batch_size * seconds / 3
+    return steps_per_epoch * seconds + val_seconds

@@ -120,7 +120,8 @@ def part_train_course(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from catseg.data import read_dataset, read_image, read_mask
+    from catseg.data import read_dataset
+    from catseg.images import read_image, read_mask
     from catseg.models import create_model
 
     info = read_dataset(args.data)
@@ -165,7 +166,8 @@ def _photo_file(path: Path, h: int, w: int, seed: int) -> Path:
 
 
 def part_predict_catseg(args: argparse.Namespace) -> dict:
-    from catseg.data import atomic_write_bytes, mask_png_bytes, read_image
+    from catseg.files import atomic_write_bytes
+    from catseg.images import mask_png_bytes, read_image
     from catseg.predict import Predictor, predict_files
 
     photo = _photo_file(args.work / "photo.jpg", 640, 1024, 1)

@@ -12,7 +12,8 @@ from PIL import Image
 
 from catseg.check import CheckReport, check_dataset
 from catseg.cli import main
-from catseg.data import DatasetWriter, dataset_json, mask_png_bytes
+from catseg.data import DatasetWriter, dataset_json
+from catseg.images import mask_png_bytes
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"
 CLASSES = ["background", "cat", "dog"]

@@ -76,7 +76,7 @@ def test_a_rotated_cmyk_jpeg_is_stored_as_rgb_png() -> None:
 
     from PIL import Image
 
-    from catseg.data import image_bytes_for_dataset
+    from catseg.images import image_bytes_for_dataset
 
     buf = io.BytesIO()
     exif = Image.Exif()

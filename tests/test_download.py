@@ -18,9 +18,10 @@ from PIL import Image
 
 from catseg import download
 from catseg.cli import main
-from catseg.data import read_dataset, read_mask
+from catseg.data import read_dataset
 from catseg.download import download_oxford_pets, extract_tar, fetch
 from catseg.errors import CatsegError
+from catseg.images import read_mask
 from catseg.importers import import_dataset
 
 

@@ -28,7 +28,8 @@ def test_evaluate_defaults_to_the_runs_validation_images(tiny_run: Path, tmp_pat
 
 
 def test_scores_match_a_hand_computation(tiny_run: Path, tmp_path: Path) -> None:
-    from catseg.data import read_dataset, read_image, read_mask
+    from catseg.data import read_dataset
+    from catseg.images import read_image, read_mask
 
     config = json.loads((tiny_run / "config.json").read_text())
     info = read_dataset(config["dataset"])

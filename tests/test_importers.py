@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from catseg.cli import main
-from catseg.data import read_dataset, read_mask, voc_colormap
+from catseg.data import read_dataset
 from catseg.errors import CatsegError
+from catseg.images import read_mask, voc_colormap
 from catseg.importers import import_dataset, read_colors_file, trimap_to_mask
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"

@@ -12,15 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from catseg.data import read_dataset, read_image, read_mask, voc_colormap
+from catseg.data import read_dataset
 from catseg.errors import CatsegError
-from catseg.labelme import (
-    ConvertReport,
-    convert_labelme,
-    read_labels_file,
-    shape_to_mask,
-    shapes_to_mask,
-)
+from catseg.images import read_image, read_mask, voc_colormap
+from catseg.labelme import ConvertReport, convert_labelme, read_labels_file
+from catseg.shapes import shape_to_mask, shapes_to_mask
 
 H, W = 40, 56  # every synthetic photo; non-square so a rotation shows
 IDS = {"_background_": 0, "cat": 1, "dog": 2, "__ignore__": 255}

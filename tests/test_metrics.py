@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from catseg.metrics import (
-    CalibrationAccumulator,
-    MetricAccumulator,
-    ThresholdSearch,
-    confusion_matrix,
-    scores,
-)
+from catseg.calibration import CalibrationAccumulator, ThresholdSearch
+from catseg.metrics import MetricAccumulator, confusion_matrix, scores
 
 # 3 classes, one ignored pixel (255) whose prediction must not count.
 TARGET = np.array([[0, 0, 1, 1],

@@ -20,9 +20,10 @@ from catseg.models import (
     preprocessing_for,
     rebuild_kwargs,
     register_model,
+    registry,
     save_weights,
+    weights,
 )
-from catseg.models import registry, weights
 from catseg.models.unet import UNet
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_dataset
 
 from catseg import planner
 from catseg.config import TrainConfig
 from catseg.data import read_dataset
-from conftest import make_tiny_dataset
 
 
 def _fake_speed(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 2) -> float:

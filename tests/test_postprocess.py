@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from catseg.postprocess import Postprocess, choose_postprocess, fill_holes, remove_small_components
+from catseg.postprocess import (
+    Postprocess,
+    choose_postprocess,
+    fill_holes,
+    remove_small_components,
+)
 
 
 def _blob() -> np.ndarray:

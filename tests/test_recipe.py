@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from catseg.augment import AugmentedDataset
+from catseg.cache import CachedSample
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
-from catseg.loading import AugmentedDataset, CachedSample
+from catseg.preprocess import Preprocess
 from catseg.train import _grown_size, fit
 
 
@@ -58,7 +60,7 @@ def test_growing_run_trains_at_the_smaller_size_first(tmp_path: Path, tiny_datas
 
 def test_set_size_changes_the_sample_size() -> None:
     sample = CachedSample("a", np.zeros((48, 48, 3), np.uint8), np.zeros((48, 48), np.uint8))
-    dataset = AugmentedDataset([sample, sample], 32, "light", 255, seed=0)
+    dataset = AugmentedDataset([sample, sample], Preprocess(32), "light", 255, seed=0)
     assert dataset[0][0].shape == (32, 32, 3)
     dataset.set_size(16)
     dataset.set_epoch(1)
@@ -105,12 +107,12 @@ def test_config_json_follows_every_new_best_epoch(tmp_path: Path, tiny_dataset: 
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """config.json is rewritten at most every 20 s, except when the best weights change: its threshold and
     scores must always describe model.safetensors, even if training stops right there."""
-    import catseg.train as train_module
-
     out = tmp_path / "run"
     state: dict = {"epoch": 0, "saved": None}
     seen: list[tuple[int, int]] = []
-    real_save = train_module.save_weights
+    import catseg.run as run_module
+
+    real_save = run_module.save_weights
 
     def save(model, path):
         real_save(model, path)
@@ -122,7 +124,7 @@ def test_config_json_follows_every_new_best_epoch(tmp_path: Path, tiny_dataset: 
             seen.append((json.loads((out / "config.json").read_text())["scores"]["best_epoch"], state["saved"]))
         state["epoch"] = report.epoch
 
-    monkeypatch.setattr(train_module, "save_weights", save)
+    monkeypatch.setattr(run_module, "save_weights", save)
     fit(_config(tiny_dataset, out, epochs=8, batch_size=2, lr=3e-2), progress=progress)
     assert len({saved for _, saved in seen}) >= 2  # the best moved at least once after epoch 1
     assert all(written == saved for written, saved in seen)

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_dataset
 from safetensors.torch import load_file
 
 from catseg.config import TrainConfig
 from catseg.data import read_dataset
 from catseg.errors import CatsegError
 from catseg.train import choose_split, fit, learning_rate
-from conftest import make_tiny_dataset
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
@@ -139,7 +139,7 @@ def test_class_weights_count_must_match(tmp_path: Path, tiny_dataset: Path) -> N
 
 
 def test_all_ignored_validation_still_trains_and_writes_valid_json(tmp_path: Path) -> None:
-    from catseg.data import mask_png_bytes, read_mask
+    from catseg.images import mask_png_bytes, read_mask
 
     stems = [f"img{i:02d}" for i in range(10)]
     data = make_tiny_dataset(tmp_path / "d", splits={"train": stems[:8], "val": stems[8:]})
@@ -190,10 +190,11 @@ def test_disk_cache_trains_the_same_as_memory(tmp_path: Path, tiny_dataset: Path
 
 
 def test_cache_estimate_says_when_memory_is_not_enough() -> None:
-    from catseg.loading import cache_fits_in_memory
+    from catseg.cache import cache_fits_in_memory
+    from catseg.preprocess import Preprocess
 
-    assert cache_fits_in_memory(100, 256, "stretch")
-    assert not cache_fits_in_memory(10**9, 256, "stretch")
+    assert cache_fits_in_memory(100, 256, Preprocess(256))
+    assert not cache_fits_in_memory(10**9, 256, Preprocess(256))
 
 
 def test_clean_up_choice_is_recorded_and_applied(tiny_run: Path) -> None:
@@ -215,3 +216,20 @@ def test_progress_callback_sees_every_step(tmp_path: Path, tiny_dataset: Path) -
     fit(_config(tiny_dataset, tmp_path / "run", epochs=2), progress=reports.append)
     assert [(r.epoch, r.step) for r in reports] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert all(r.steps_per_epoch == 2 and r.loss > 0 and r.lr > 0 and r.images_per_s > 0 for r in reports)
+
+
+def test_fit_leaves_process_settings_as_it_found_them(tmp_path: Path, tiny_dataset: Path) -> None:
+    """A library call must not change torch's thread count or matplotlib's backend for the whole process."""
+    import matplotlib
+    import torch
+
+    before_threads, before_backend = torch.get_num_threads(), matplotlib.get_backend()
+    torch.set_num_threads(1)
+    try:
+        fit(TrainConfig(dataset=str(tiny_dataset), out=str(tmp_path / "run"), width=4, depth=2, size=32, epochs=1,
+                        batch_size=4, precision="fp32", workers=0).validate())
+        assert torch.get_num_threads() == 1
+        assert matplotlib.get_backend() == before_backend
+        assert (tmp_path / "run" / "curves.png").is_file()
+    finally:
+        torch.set_num_threads(before_threads)

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from catseg.config import TrainConfig
-from catseg.data import (IMAGE_EXTENSIONS, SWAPPING_ORIENTATIONS, DatasetInfo, exif_orientation, image_files_by_stem,
-                         read_dataset)
+from catseg.data import DatasetInfo, image_files_by_stem, read_dataset
 from catseg.errors import CatsegError
+from catseg.images import IMAGE_EXTENSIONS, SWAPPING_ORIENTATIONS, exif_orientation
 
 RARE_CLASS_FRACTION = 0.01  # a class under this share of labelled pixels gets an imbalance warning
 TINY_OBJECT_FRACTION = 0.01  # median object under this share of its image gets a --size warning

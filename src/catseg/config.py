@@ -17,7 +17,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 UPSAMPLE = ("transpose", "bilinear")
 CACHE = ("auto", "memory", "disk")
-RESIZE = ("stretch", "scale")  # catseg.inference.RESIZE_POLICIES, kept here so config imports no torch
+RESIZE = ("stretch", "scale")  # size policies of catseg.preprocess.Preprocess (here, so config imports no torch)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

@@ -12,9 +12,8 @@ This module imports no torch, so converting and checking data stays fast.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
-import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -23,32 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
+from catseg.config import TrainConfig
 from catseg.errors import CatsegError
+from catseg.files import atomic_write_json, check_replaceable, swap_in_place
+from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, voc_colormap
 
 DATASET_FORMAT = "catseg-dataset"
 DATASET_VERSION = 1
 IGNORE_INDEX = 255
 DATASET_JSON = "dataset.json"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
-# What PIL calls a format -> the extension a copied file gets, so a PNG named .jpg is stored as .png.
-_FORMAT_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "GIF": ".gif"}
-
-
-def voc_colormap(n: int = 256) -> np.ndarray:
-    """Return the PASCAL VOC colour map (the one labelme writes masks with) as (n, 3) uint8."""
-    cmap = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        cmap[i] = (r, g, b)
-    return cmap
 
 
 @dataclass
@@ -203,182 +186,6 @@ def image_files_by_stem(folder: Path) -> dict[str, Path]:
     }
 
 
-def open_image(path_or_bytes: str | Path | bytes, name: str | None = None, decode: bool = True) -> Image.Image:
-    """Return a PIL image, identified by content not extension; a CatsegError names unreadable files.
-
-    With decode=False only the header is read (size, mode, EXIF), so a JPEG can still be decoded at a
-    reduced scale with `draft`.
-    """
-    label = name or str(path_or_bytes if not isinstance(path_or_bytes, bytes) else "<embedded image>")
-    try:
-        source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
-        image = Image.open(source)
-        if decode:
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CatsegError(f"{label}: cannot read this image ({exc}). Re-export it as JPEG or PNG.") from exc
-    return image
-
-
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Return a (H, W, 3) uint8 RGB array from a PIL image of any mode, EXIF orientation applied."""
-    image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: scale the full range to 8 bits rather than clipping at 255.
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if image.mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = ((arr - lo) / (hi - lo or 1.0) * 255.0 + 0.5).astype(np.uint8)
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Return the photo at `path` as (H, W, 3) uint8 RGB with EXIF orientation applied."""
-    return to_rgb_array(open_image(path))
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Return a mask PNG as (H, W) uint8 class ids; a colour (RGB) mask is an error naming the fix."""
-    return mask_ids(open_image(path), path)
-
-
-def mask_ids(image: Image.Image, path: str | Path) -> np.ndarray:
-    """Return (H, W) uint8 class ids from a palette, grey, 1-bit or 16-bit mask image; `path` names it in errors."""
-    if image.mode in ("P", "L", "1"):
-        return np.asarray(image, dtype=np.uint8).copy()
-    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
-        arr = np.asarray(image)
-        if arr.max() > 255:
-            raise CatsegError(f"{path}: mask values go up to {arr.max()}; class ids must be 0-254 (255 = ignore).")
-        return arr.astype(np.uint8)
-    raise CatsegError(
-        f"{path}: mask is a {image.mode} image; catseg masks hold class ids in a palette (P) or grey (L) PNG. "
-        "For colour masks use `catseg import masks` and pass --colors with a 'name r g b' line per class."
-    )
-
-
-def mask_png_bytes(mask: np.ndarray, colors: Sequence[Sequence[int]] | None = None) -> bytes:
-    """Return PNG bytes of a (H, W) uint8 class-id mask with the VOC palette (labelme's lblsave)."""
-    if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D uint8, got {mask.dtype} with shape {mask.shape}")
-    palette = voc_colormap(256)
-    if colors is not None:
-        palette[: len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-    image = Image.fromarray(mask, mode="P")
-    image.putpalette(palette.flatten().tolist())
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file so that a reader sees either the old file or the whole new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, doc: Any) -> None:
-    """Write JSON atomically; NaN and infinities become null, since JSON has no such numbers."""
-    text = json.dumps(_json_safe(doc), indent=2, ensure_ascii=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
-
-
-EXIF_ORIENTATION = 0x0112  # the EXIF tag; 5-8 turn the picture by 90 degrees, swapping width and height
-SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
-
-
-def exif_orientation(image: Image.Image) -> int:
-    """Return the EXIF orientation 1-8 of an opened image (1 = upright); missing or invalid values (0 occurs
-    in the wild) count as 1. Reads the header only for JPEG; a PNG is not decoded for a late eXIf chunk."""
-    if image.format == "PNG" and "exif" not in image.info:
-        return 1
-    value = image.getexif().get(EXIF_ORIENTATION, 1)
-    return int(value) if value in range(2, 9) else 1
-
-
-def oriented_size(image: Image.Image) -> tuple[int, int]:
-    """Return (width, height) of an opened image as shown, after its EXIF orientation."""
-    width, height = image.size
-    return (height, width) if exif_orientation(image) in SWAPPING_ORIENTATIONS else (width, height)
-
-
-def image_bytes_for_dataset(data: bytes, name: str) -> tuple[bytes, str]:
-    """Return (bytes, extension) to store a photo in images/: the original bytes when no EXIF
-    rotation is needed (a JPEG is never re-encoded), else a lossless PNG of the rotated pixels.
-
-    The extension follows the content, so a PNG named `.jpg` is stored as `.png`.
-    """
-    image = open_image(data, name)
-    if exif_orientation(image) == 1:  # nothing to apply
-        fmt = image.format or "PNG"
-        ext = _FORMAT_EXTENSIONS.get(fmt)
-        if ext is not None:
-            return data, ext
-    rotated = ImageOps.exif_transpose(image) or image
-    if "exif" in rotated.info:  # the orientation is applied now; do not let viewers rotate again
-        rotated.info.pop("exif")
-    if rotated.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):  # CMYK, YCbCr, LAB: PNG has no such mode
-        rotated = rotated.convert("RGB")
-    buf = io.BytesIO()
-    rotated.save(buf, format="PNG")
-    return buf.getvalue(), ".png"
-
-
-def check_replaceable(path: Path, marker: str, what: str, fmt: str | None = None,
-                      inputs: Sequence[str | Path | None] = ()) -> None:
-    """Raise a CatsegError unless `path` is an empty folder or one catseg wrote (it holds `marker`, a JSON
-    file whose "format" is `fmt` when given), so that --force can never delete a folder of the user's
-    own, nor a file the same command reads (`inputs`)."""
-    if not path.is_dir():
-        raise CatsegError(f"{path}: exists and is not a folder; refusing to replace it.")
-    if any(path.iterdir()) and not _is_marker(path / marker, fmt):
-        raise CatsegError(f"{path}: is not {what} (no {marker}" + (f" of format {fmt!r}" if fmt else "")
-                          + "); refusing to replace it even with --force. Choose a new folder.")
-    root = path.resolve()
-    for item in inputs:
-        if item is not None and Path(item).resolve().is_relative_to(root):
-            raise CatsegError(f"{item}: is inside {path}, which --force would replace; move it out first.")
-
-
-def _is_marker(path: Path, fmt: str | None) -> bool:
-    if not path.is_file():
-        return False
-    if fmt is None:
-        return True
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(doc, dict) and doc.get("format") == fmt
-
-
 class DatasetWriter:
     """Builds a dataset folder in a hidden temporary folder beside OUT and moves it into place only
     when everything was written, so an interrupted run leaves no half dataset that looks complete.
@@ -441,14 +248,7 @@ class DatasetWriter:
         if not (self.tmp_dir / DATASET_JSON).is_file():
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             raise RuntimeError("DatasetWriter closed without write_dataset_json")
-        old: Path | None = None
-        if self.out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=self.out_dir.parent, prefix=f".{self.out_dir.name}.old-"))
-            os.rmdir(old)
-            os.replace(self.out_dir, old)
-        os.replace(self.tmp_dir, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in_place(self.tmp_dir, self.out_dir)
 
 
 def iter_files(root: Path, suffix: str) -> Iterator[Path]:
@@ -456,3 +256,47 @@ def iter_files(root: Path, suffix: str) -> Iterator[Path]:
     for path in sorted(root.rglob(f"*{suffix}")):
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts):
             yield path
+
+
+# ----------------------------------------------------------------------------- splits
+def choose_split(info: DatasetInfo, config: TrainConfig) -> tuple[list[str], list[str]]:
+    """Return (train stems, val stems): named splits when the dataset or flags give them, else a seeded
+    split of everything outside a 'test' split."""
+    available = set(info.stems())
+    if not available:
+        raise CatsegError(f"{info.root}: no image with a mask. Run `catseg check {info.root}`.")
+
+    def named(name: str) -> list[str]:
+        if name not in info.splits:
+            raise CatsegError(f"{info.root}: no split named {name!r}; dataset.json has: "
+                              f"{', '.join(info.splits) or 'none'}")
+        return list(info.splits[name])
+
+    val = named(config.val_split) if config.val_split else (
+        named("val") if "val" in info.splits else named("validation") if "validation" in info.splits else None)
+    if config.train_split:
+        pool = named(config.train_split)
+    elif "train" in info.splits:
+        pool = named("train")
+    elif "trainval" in info.splits:
+        pool = named("trainval")
+    else:
+        held_out = set(info.splits.get("test", []))
+        pool = sorted(available - held_out)
+    missing = sorted(set(pool + (val or [])) - available)
+    if missing:
+        raise CatsegError(f"{info.root}: the split names {len(missing)} stems with no image/mask pair "
+                          f"(first: {missing[:5]}). Run `catseg check {info.root}`.")
+    if val is None:
+        if len(pool) < 2:
+            raise CatsegError(f"{info.root}: {len(pool)} image(s); training needs at least 2 (one to validate on).")
+        shuffled = sorted(pool)
+        random.Random(config.seed).shuffle(shuffled)
+        n_val = min(len(shuffled) - 1, max(1, round(len(shuffled) * config.val_fraction)))
+        val, train = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    else:
+        train = sorted(set(pool) - set(val))
+    if not train or not val:
+        raise CatsegError(f"{info.root}: the split leaves {len(train)} training and {len(val)} validation images; "
+                          "both need at least one.")
+    return train, sorted(val)

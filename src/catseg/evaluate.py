@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from catseg.data import (atomic_write_bytes, atomic_write_json, check_replaceable, read_dataset, read_image,
-                         read_mask)
+from catseg.calibration import CalibrationAccumulator
+from catseg.data import read_dataset
 from catseg.errors import CatsegError
-from catseg.metrics import CalibrationAccumulator, MetricAccumulator
+from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable
+from catseg.images import read_image, read_mask
+from catseg.metrics import MetricAccumulator
 from catseg.predict import Predictor
 from catseg.run import read_run_config, read_splits
 

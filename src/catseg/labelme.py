@@ -1,8 +1,7 @@
 """labelme JSON -> class-index masks, pixel for pixel what labelme's own labelme2voc writes.
 
-Shapes are drawn with Pillow on a zero image in JSON order, the last shape winning, with the same
-Pillow calls as labelme.utils.shape_to_mask, so float coordinates, boundaries and out-of-bounds
-points come out exactly as in labelme. This module imports neither labelme nor torch.
+Each shape is drawn by catseg.shapes exactly as labelme draws it; this module finds the JSON files
+and their photos, checks them, and writes the dataset folder. It imports neither labelme nor torch.
 
 labels.txt follows labelme's convention: `__ignore__` (optional, first), `_background_` (id 0),
 then one class per line (ids 1..n). `__ignore__` shapes write 255, `_background_` shapes write 0.
@@ -16,47 +15,33 @@ import binascii
 import io
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from catseg.data import (
-    DatasetWriter,
+from catseg.data import DatasetWriter, dataset_json, iter_files, provenance
+from catseg.errors import CatsegError
+from catseg.images import (
     exif_orientation,
-    oriented_size,
-    dataset_json,
     image_bytes_for_dataset,
-    iter_files,
     mask_png_bytes,
     open_image,
-    provenance,
+    oriented_size,
     to_rgb_array,
     voc_colormap,
 )
-from catseg.errors import CatsegError
+from catseg.shapes import Invalid, patch_problem, shape_problem, shapes_to_mask
 
 log = logging.getLogger(__name__)
 
 IGNORE_LABEL = "__ignore__"
 BACKGROUND_LABEL = "_background_"
 IGNORE_ID = 255
-# Number of points each shape type needs: exact, or (at least, None).
-_POINT_COUNTS: dict[str, tuple[int, int | None]] = {
-    "polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2), "line": (2, 2), "linestrip": (2, None),
-    "point": (1, 1), "oriented_rectangle": (4, 4), "mask": (2, 2),
-}
-LINE_WIDTH = 10  # labelme's shape_to_mask defaults
-POINT_RADIUS = 5
 # Formats whose Pillow reader has `_getexif`, the only ones labelme rotates by their EXIF orientation.
 _LABELME_EXIF_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
-
-
-class _Invalid(ValueError):
-    """One file's problem, worded as `reason; fix` (a ValueError where public functions raise it)."""
 
 
 @dataclass
@@ -96,88 +81,6 @@ class _Source:
     size: tuple[int, int] = (0, 0)  # (height, width) of the grid labelme drew on
     keep_raw: bool = False  # store the unrotated pixels (see _image_grid)
     problem: str | None = None  # why it cannot be converted; None when valid
-
-
-# ----------------------------------------------------------------------------- rasterisation
-def shape_to_mask(shape: dict[str, Any], height: int, width: int) -> np.ndarray:
-    """Return the (H, W) bool mask of one labelme shape, drawn as labelme.utils.shape_to_mask does.
-
-    `shape` is a shape object of a labelme JSON; a `mask` shape holds a base64 PNG (or a 2-D array)
-    placed at its box as labelme's shapes_to_label places it.
-    """
-    problem = _geometry_problem(shape)
-    if problem is not None:
-        raise ValueError(f"shape {problem}")
-    shape_type = shape.get("shape_type") or "polygon"
-    if shape_type == "mask":
-        return _patch_to_mask(shape, height, width)
-    canvas = Image.fromarray(np.zeros((height, width), dtype=np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    xy = [tuple(point) for point in shape["points"]]
-    if shape_type == "circle":
-        (cx, cy), (px, py) = xy
-        d = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)
-        draw.ellipse(((cx - d, cy - d), (cx + d, cy + d)), outline=1, fill=1)
-    elif shape_type == "rectangle":
-        (x0, y0), (x1, y1) = xy
-        draw.rectangle(((min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1))), outline=1, fill=1)
-    elif shape_type in ("line", "linestrip"):
-        # labelme draws both with a plain wide line (no rounded joints).
-        draw.line(xy=xy, fill=1, width=LINE_WIDTH)
-    elif shape_type == "point":
-        (cx, cy), r = xy[0], POINT_RADIUS
-        draw.ellipse(((cx - r, cy - r), (cx + r, cy + r)), outline=1, fill=1)
-    else:  # polygon, oriented_rectangle
-        draw.polygon(xy=xy, outline=1, fill=1)
-    return np.array(canvas, dtype=bool)
-
-
-def shapes_to_mask(shapes: list[dict[str, Any]], height: int, width: int, label_to_id: dict[str, int]) -> np.ndarray:
-    """Return the (H, W) uint8 class-id mask of labelme shapes, drawn in order (the last one wins)."""
-    mask = np.zeros((height, width), dtype=np.uint8)
-    for shape in shapes:
-        label = shape["label"]
-        if label not in label_to_id:
-            raise ValueError(f"label {label!r} has no id in label_to_id")
-        value = label_to_id[label]
-        if not 0 <= value <= 255:
-            raise ValueError(f"label {label!r} has id {value}; ids must be 0-255")
-        mask[shape_to_mask(shape, height, width)] = value
-    return mask
-
-
-def _decode_patch(patch: Any) -> np.ndarray:
-    """Return a mask shape's patch as a bool array, decoded as labelme decodes it."""
-    if isinstance(patch, np.ndarray):
-        return patch.astype(bool)
-    try:
-        image = open_image(base64.b64decode(patch), "mask patch")
-    except (binascii.Error, ValueError, CatsegError) as exc:
-        raise _Invalid("its 'mask' is not a base64-encoded PNG; redraw the mask in labelme") from exc
-    return np.array(image).astype(bool)
-
-
-def _patch_to_mask(shape: dict[str, Any], height: int, width: int) -> np.ndarray:
-    mask = np.zeros((height, width), dtype=bool)
-    (x1, y1), (x2, y2) = np.asarray(shape["points"]).astype(int)
-    mask[y1 : y2 + 1, x1 : x2 + 1] = _decode_patch(shape["mask"])
-    return mask
-
-
-def _patch_problem(shape: dict[str, Any], height: int, width: int) -> str | None:
-    """Return why a mask shape's patch does not fit its box in the image, or None if it does."""
-    (x1, y1), (x2, y2) = np.asarray(shape["points"]).astype(int)
-    box = (len(range(*slice(y1, y2 + 1).indices(height))), len(range(*slice(x1, x2 + 1).indices(width))))
-    try:
-        patch = _decode_patch(shape["mask"])
-    except _Invalid as exc:
-        return str(exc)
-    try:
-        fits = patch.ndim <= 2 and np.broadcast_shapes(patch.shape, box) == box
-    except ValueError:
-        fits = False
-    return None if fits else (f"its {patch.shape} mask patch does not fit its box {box} (height, width) "
-                              f"inside the {height}x{width} image; redraw the mask in labelme")
 
 
 # ----------------------------------------------------------------------------- labels
@@ -229,46 +132,16 @@ def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _Invalid(f"not valid JSON ({exc}); re-save it in labelme") from exc
+        raise Invalid(f"not valid JSON ({exc}); re-save it in labelme") from exc
     except OSError as exc:
-        raise _Invalid(f"cannot read it ({exc})") from exc
+        raise Invalid(f"cannot read it ({exc})") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
-        raise _Invalid("not a labelme file (no 'shapes' list); move it out of the folder")
+        raise Invalid("not a labelme file (no 'shapes' list); move it out of the folder")
     return doc
 
 
-def _shape_problem(shape: Any) -> str | None:
-    """Return what is wrong with one shape object (not its label's id), or None."""
-    if not isinstance(shape, dict):
-        return "is not an object"
-    label = shape.get("label")
-    if not isinstance(label, str) or not label:
-        return f"has label {label!r}; give it a non-empty name"
-    problem = _geometry_problem(shape)
-    return None if problem is None else f"({label!r}) {problem}"
-
-
-def _geometry_problem(shape: dict[str, Any]) -> str | None:
-    points, shape_type = shape.get("points"), shape.get("shape_type") or "polygon"
-    if shape_type not in _POINT_COUNTS:
-        return f"has unknown shape_type {shape_type!r}; catseg reads {', '.join(_POINT_COUNTS)}"
-    if not isinstance(points, list) or not all(
-        isinstance(p, (list, tuple)) and len(p) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
-        for p in points
-    ):
-        return f"is a {shape_type} whose points are not a list of [x, y] numbers; redraw it"
-    low, high = _POINT_COUNTS[shape_type]
-    if len(points) < low or (high is not None and len(points) > high):
-        need = f"exactly {low}" if low == high else f"at least {low}"
-        return f"is a {shape_type} with {len(points)} point(s); it needs {need}. Redraw or delete it"
-    if shape_type == "mask" and not isinstance(shape.get("mask"), (str, np.ndarray)):
-        return "is a mask shape without a base64 'mask' PNG; redraw it in labelme"
-    return None
-
-
 def _shapes_problems(shapes: list[Any], label_to_id: dict[str, int]) -> list[str]:
-    problems = [f"shape {i} {p}" for i, s in enumerate(shapes) if (p := _shape_problem(s)) is not None]
+    problems = [f"shape {i} {p}" for i, s in enumerate(shapes) if (p := shape_problem(s)) is not None]
     labels = {s.get("label") for s in shapes if isinstance(s, dict) and isinstance(s.get("label"), str)}
     unknown = sorted(n for n in labels - set(label_to_id) if n)
     if "background" in unknown:
@@ -291,14 +164,14 @@ def _image_bytes(path: Path, doc: dict[str, Any]) -> tuple[bytes, str, bool]:
         try:
             return candidate.read_bytes(), str(candidate), False
         except OSError as exc:
-            raise _Invalid(f"cannot read its image {candidate} ({exc})") from exc
+            raise Invalid(f"cannot read its image {candidate} ({exc})") from exc
     if isinstance(doc.get("imageData"), str) and doc["imageData"]:
         try:
             return base64.b64decode(doc["imageData"]), f"{path} imageData", True
         except (binascii.Error, ValueError) as exc:
-            raise _Invalid("its imageData is not valid base64; re-save it in labelme") from exc
+            raise Invalid("its imageData is not valid base64; re-save it in labelme") from exc
     where = f"image {candidate} not found" if candidate is not None else "no imagePath"
-    raise _Invalid(f"{where} and no imageData embedded; put the image there (imagePath is relative to the "
+    raise Invalid(f"{where} and no imageData embedded; put the image there (imagePath is relative to the "
                    "JSON file) or save the JSON with image data in labelme")
 
 
@@ -312,7 +185,7 @@ def _image_grid(data: bytes, name: str, embedded: bool) -> tuple[tuple[int, int]
     try:
         image = open_image(data, name)
     except CatsegError as exc:
-        raise _Invalid(str(exc)) from exc
+        raise Invalid(str(exc)) from exc
     orientation = exif_orientation(image)
     if orientation == 1:
         return (image.height, image.width), False
@@ -322,22 +195,22 @@ def _image_grid(data: bytes, name: str, embedded: bool) -> tuple[tuple[int, int]
 
 
 def _check_source(source: _Source, label_to_id: dict[str, int]) -> None:
-    """Check one labelme file completely (shapes, labels, image, size); raise _Invalid naming all problems."""
+    """Check one labelme file completely (shapes, labels, image, size); raise Invalid naming all problems."""
     shapes = source.doc["shapes"]
     problems = _shapes_problems(shapes, label_to_id)
     try:
         data, source.image_name, source.embedded = _image_bytes(source.path, source.doc)
         source.size, source.keep_raw = _image_grid(data, source.image_name, source.embedded)
-    except _Invalid as exc:
+    except Invalid as exc:
         problems.append(str(exc))
     else:
         problems += _size_problems(source)
         if not problems:
             problems += [f"shape {i} {p}" for i, s in enumerate(shapes)
-                         if (s.get("shape_type") == "mask") and (p := _patch_problem(s, *source.size))]
+                         if (s.get("shape_type") == "mask") and (p := patch_problem(s, *source.size))]
     source.doc.pop("imageData", None)  # the validation pass keeps no image in memory
     if problems:
-        raise _Invalid("; ".join(problems))
+        raise Invalid("; ".join(problems))
 
 
 def _size_problems(source: _Source) -> list[str]:
@@ -365,7 +238,7 @@ def _find_sources(src_dir: Path, out_dir: Path) -> list[_Source]:
         source = _Source(path, path.stem, {"shapes": []})
         try:
             source.doc = _read_doc(path)
-        except _Invalid as exc:
+        except Invalid as exc:
             source.problem = str(exc)
         others = [str(p) for p in by_stem[path.stem] if p != path]
         if others and source.problem is None:
@@ -401,7 +274,7 @@ def _write_source(writer: DatasetWriter, source: _Source, label_to_id: dict[str,
     try:
         doc = _read_doc(source.path) if source.embedded else source.doc
         data, name, _ = _image_bytes(source.path, doc)
-    except _Invalid as exc:  # it was fine when checked
+    except Invalid as exc:  # it was fine when checked
         raise CatsegError(f"{source.path}: changed during the conversion ({exc}); run it again.") from exc
     stored, ext = _stored_image(data, name, source.keep_raw)
     mask = shapes_to_mask(source.doc["shapes"], *source.size, label_to_id)
@@ -462,7 +335,7 @@ def convert_labelme(
         if source.problem is None:
             try:
                 _check_source(source, label_to_id)
-            except _Invalid as exc:
+            except Invalid as exc:
                 source.problem = str(exc)
     valid = [s for s in sources if s.problem is None]
     skipped = [(s.path, s.problem) for s in sources if s.problem is not None]

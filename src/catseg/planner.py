@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from catseg.config import TrainConfig
-from catseg.data import DatasetInfo, open_image, read_mask
+from catseg.data import DatasetInfo
+from catseg.hardware import Forward, resolve_device, resolve_precision
+from catseg.images import open_image, read_mask
 from catseg.losses import SegmentationLoss
 from catseg.models import create_model
-from catseg.runtime import resolve_device, resolve_precision
+from catseg.preprocess import Preprocess
 from catseg.steps import StepContext, step_seconds
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,8 @@ def seconds_per_step(config: TrainConfig, size: int, width: int, num_classes: in
     torch.manual_seed(0)
     model = create_model("unet", 3, num_classes, width=width, depth=config.depth, upsample=config.upsample)
     model.to(device, memory_format=torch.channels_last).train()
-    ctx = StepContext(model, SegmentationLoss(config.loss, num_classes).to(device), device, dtype, [0.5] * 3,
-                      [0.5] * 3, True, num_classes, 255)
+    ctx = StepContext(Forward(model, device, dtype), Preprocess(size), SegmentationLoss(config.loss, num_classes).to(device),
+                      num_classes, 255)
     images = torch.randint(0, 256, (config.batch_size, size, size, 3), dtype=torch.uint8)
     masks = torch.randint(0, num_classes, (config.batch_size, size, size))
     return step_seconds(ctx, torch.optim.AdamW(model.parameters(), lr=1e-4), images, masks, repeats=repeats)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import glob
-import re
 import io
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -15,14 +15,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from catseg.data import IMAGE_EXTENSIONS, atomic_write_bytes, mask_png_bytes, read_image
 from catseg.errors import CatsegError
-from catseg.inference import resize_image, sliding_window, working_size
-from catseg.loading import normalise
+from catseg.files import atomic_write_bytes
+from catseg.hardware import Forward, resolve_device, resolve_precision
+from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, read_image
 from catseg.models import create_model, load_weights, rebuild_kwargs
 from catseg.postprocess import Postprocess
 from catseg.run import WEIGHTS, RunConfig, read_run_config
-from catseg.runtime import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +34,8 @@ class Predictor:
     def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
                  tta: bool | None = None, tta_scales: Sequence[float] = (1.0,)) -> None:
         self.config = config
-        self.model = model.eval()
-        self.device = device
-        self.dtype = dtype
+        self.pre = config.preprocess
+        self.forward = Forward(model.eval(), device, dtype)
         self.postprocess = Postprocess.from_json(config.postprocess)  # chosen on validation at training
         # Also average over the horizontally flipped photo: as asked, else as chosen on validation at training.
         self.tta = bool(config.tta.get("flip", False)) if tta is None else tta
@@ -62,26 +60,16 @@ class Predictor:
         return cls(config, model, dev, resolve_precision(precision, dev), tta, tta_scales)
 
     @property
+    def model(self) -> torch.nn.Module:
+        return self.forward.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.forward.device
+
+    @property
     def classes(self) -> list[str]:
         return self.config.classes
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.dtype):
-            return self.model(x.contiguous(memory_format=torch.channels_last))
-
-    def _logits(self, images: Sequence[np.ndarray], size: int) -> list[torch.Tensor]:
-        """Return working-scale logits (K, h, w) per photo, for the run's size policy at `size`."""
-        cfg = self.config
-        if cfg.resize == "stretch":
-            resized = np.stack([resize_image(im, size, size) for im in images])
-            x = normalise(torch.from_numpy(resized).to(self.device), cfg.mean, cfg.std)
-            return list(self._forward(x).float())
-        logits = []
-        for im in images:
-            h, w = working_size(im.shape[0], im.shape[1], size, cfg.resize)
-            x = normalise(torch.from_numpy(resize_image(im, h, w)[None]).to(self.device), cfg.mean, cfg.std)
-            logits.append(sliding_window(self._forward, x[0], cfg.patch or cfg.size))
-        return logits
 
     @torch.inference_mode()
     def predict_proba_batch(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -92,10 +80,10 @@ class Predictor:
         flips = (False, True) if self.tta else (False,)
         sums: list[torch.Tensor | None] = [None] * len(images)
         for scale in self.tta_scales:
-            size = max(16, round(self.config.size * scale))
+            size = max(16, round(self.pre.size * scale))
             for flip in flips:
                 batch = [np.ascontiguousarray(im[:, ::-1]) if flip else im for im in images]
-                for i, (im, lg) in enumerate(zip(images, self._logits(batch, size))):
+                for i, (im, lg) in enumerate(zip(images, self.pre.photo_logits(self.forward, batch, self.device, size))):
                     probs = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0]
                     probs = probs.softmax(0)
                     probs = probs.flip(-1) if flip else probs

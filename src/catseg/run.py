@@ -8,6 +8,8 @@
     RUN/splits.json        the train and val stems
     RUN/metrics.csv        one row per validated epoch
     RUN/curves.png         loss and mIoU curves
+
+Every file of a run folder is written here: `RunFolder` is the only writer, `read_run_config` the reader.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from catseg.config import TrainConfig
-from catseg.data import atomic_write_bytes, atomic_write_json
+import torch
+
+from catseg.config import RESIZE, TrainConfig
 from catseg.errors import CatsegError
+from catseg.files import atomic_write_bytes, atomic_write_json
+from catseg.models import save_weights
+from catseg.preprocess import Preprocess
 
 RUN_FORMAT = "catseg-run"
 RUN_VERSION = 1
@@ -46,11 +53,7 @@ class RunConfig:
     classes: list[str]
     colors: list[list[int]]
     ignore_index: int
-    mean: list[float]
-    std: list[float]
-    size: int
-    resize: str = "stretch"  # stretch: photo -> size x size; scale: shorter side -> size (catseg.inference)
-    patch: int = 0  # scale: window side at prediction (0 = size)
+    preprocess: Preprocess  # size policy, normalisation: how photos become inputs and logits cover them
     threshold: float | None = None  # two classes: foreground probability cut-off chosen on validation
     postprocess: dict[str, Any] = field(default_factory=dict)  # catseg.postprocess.Postprocess, chosen on val
     tta: dict[str, Any] = field(default_factory=dict)  # {"flip": true} when mirroring helped on validation
@@ -71,8 +74,7 @@ class RunConfig:
             "classes": self.classes,
             "colors": self.colors,
             "ignore_index": self.ignore_index,
-            "preprocess": {"mean": self.mean, "std": self.std, "size": self.size, "resize": self.resize,
-                           "patch": self.patch or self.size},
+            "preprocess": self.preprocess.to_json(),
             "threshold": self.threshold,
             "postprocess": self.postprocess,
             "tta": self.tta,
@@ -90,14 +92,13 @@ class RunConfig:
             if doc.get("version") != RUN_VERSION:
                 raise KeyError(f"version {doc.get('version')!r}; this catseg reads version {RUN_VERSION}")
             pre = doc["preprocess"]
-            if pre.get("resize", "stretch") not in ("stretch", "scale"):
+            if pre.get("resize", "stretch") not in RESIZE:
                 raise ValueError(f"size policy {pre.get('resize')!r} is unknown to this catseg; upgrade catseg")
             return cls(
                 model=doc["model"]["name"], model_kwargs=dict(doc["model"]["kwargs"]),
                 in_channels=int(doc["model"]["in_channels"]), classes=list(doc["classes"]),
                 colors=[list(c) for c in doc["colors"]], ignore_index=int(doc["ignore_index"]),
-                mean=list(pre["mean"]), std=list(pre["std"]), size=int(pre["size"]), resize=pre.get("resize", "stretch"),
-                patch=int(pre.get("patch", pre["size"])),
+                preprocess=Preprocess.from_json(pre),
                 threshold=doc.get("threshold"), postprocess=dict(doc.get("postprocess") or {}),
                 tta=dict(doc.get("tta") or {}),
                 train=dict(doc.get("train", {})), scores=dict(doc.get("scores", {})),
@@ -166,14 +167,15 @@ def write_metrics_csv(path: Path, history: Sequence[dict[str, Any]]) -> None:
 
 
 def plot_curves(path: Path, history: Sequence[dict[str, Any]], classes: Sequence[str]) -> None:
-    """Write loss and validation-IoU curves to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Write loss and validation-IoU curves to a PNG (matplotlib's object API: no global backend, no pyplot,
+    so a notebook's own figures are left alone and threads do not share state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax1.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
@@ -187,7 +189,6 @@ def plot_curves(path: Path, history: Sequence[dict[str, Any]], classes: Sequence
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -211,14 +212,67 @@ def prepare_run_dir(config: TrainConfig) -> Path:
     return run_dir
 
 
-def write_run_files(run_dir: Path, run_config: RunConfig, history: list[dict[str, Any]], best: dict[str, Any],
-                    classes: Sequence[str], epochs: int, plot: bool = True) -> None:
-    """Write config.json (with the best scores so far), metrics.csv and, with `plot`, curves.png."""
-    run_config.threshold = best.get("threshold")
-    run_config.scores = {"best_epoch": best["epoch"], "val_miou": best["val_miou"], "val_ece": best.get("val_ece"),
-                         "val_iou_at_threshold": best.get("val_iou_at_threshold"), "epochs": epochs,
-                         "postprocess_val_miou": best.get("postprocess_val_miou", {})}
-    atomic_write_json(run_dir / CONFIG_JSON, run_config.to_json())
-    write_metrics_csv(run_dir / METRICS_CSV, history)
-    if history and plot:
-        plot_curves(run_dir / CURVES_PNG, history, classes)
+@dataclass
+class BestEpoch:
+    """The epoch whose weights are in model.safetensors, and what it scored on validation."""
+
+    epoch: int = 0  # 0 = none validated yet
+    val_miou: float = math.nan
+    threshold: float | None = None  # two classes: the foreground cut-off chosen with these weights
+    val_ece: float | None = None
+    val_iou_at_threshold: float | None = None
+    postprocess_val_miou: dict[str, float] = field(default_factory=dict)  # every finish candidate, at the end
+
+    def beaten_by(self, val_miou: float) -> bool:
+        """Return True when a validation mIoU improves on this one (NaN never does)."""
+        return math.isfinite(val_miou) and (not math.isfinite(self.val_miou) or val_miou > self.val_miou)
+
+    def scores(self, epochs: int) -> dict[str, Any]:
+        """Return config.json's "scores" entry."""
+        return {"best_epoch": self.epoch, "val_miou": self.val_miou, "val_ece": self.val_ece,
+                "val_iou_at_threshold": self.val_iou_at_threshold, "epochs": epochs,
+                "postprocess_val_miou": self.postprocess_val_miou}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> BestEpoch:
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+
+
+class RunFolder:
+    """Writes a run folder: the only place its files are written, so what they hold always agrees."""
+
+    def __init__(self, root: Path, config: RunConfig) -> None:
+        self.root = root
+        self.config = config  # without threshold and scores: those come from the BestEpoch at each write
+
+    def write_splits(self, train: Sequence[str], val: Sequence[str]) -> None:
+        atomic_write_json(self.root / SPLITS_JSON, {"train": list(train), "val": list(val)})
+
+    def save_best(self, model: torch.nn.Module, best: BestEpoch, history: Sequence[dict[str, Any]],
+                  epochs: int) -> None:
+        """Write the best weights and, right after, config.json with their threshold and scores."""
+        save_weights(model, self.root / WEIGHTS)
+        self.write_config(best, history, epochs, plot=False)
+
+    def save_checkpoint(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Write the last weights and the resume state (tensors and plain values only)."""
+        save_weights(model, self.root / LAST_WEIGHTS)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.root / TRAIN_STATE, buf.getvalue())
+
+    def write_config(self, best: BestEpoch, history: Sequence[dict[str, Any]], epochs: int, plot: bool = True,
+                     **final: Any) -> RunConfig:
+        """Write config.json (the best scores so far; `final` sets e.g. tta and postprocess), metrics.csv and,
+        with `plot`, curves.png; return the RunConfig written."""
+        if final:
+            self.config = replace(self.config, **final)
+        written = replace(self.config, threshold=best.threshold, scores=best.scores(epochs))
+        atomic_write_json(self.root / CONFIG_JSON, written.to_json())
+        write_metrics_csv(self.root / METRICS_CSV, history)
+        if history and plot:
+            plot_curves(self.root / CURVES_PNG, history, self.config.classes)
+        return written

@@ -12,17 +12,15 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from catseg.data import (
-    IGNORE_INDEX,
+from catseg.data import IGNORE_INDEX, DatasetWriter, dataset_json
+from catseg.errors import CatsegError
+from catseg.images import (
     IMAGE_EXTENSIONS,
-    DatasetWriter,
-    oriented_size,
-    dataset_json,
     image_bytes_for_dataset,
     mask_ids,
     open_image,
+    oriented_size,
 )
-from catseg.errors import CatsegError
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from catseg.data import IGNORE_INDEX, read_mask
+from catseg.data import IGNORE_INDEX
 from catseg.errors import CatsegError
+from catseg.images import read_mask
 from catseg.importers.common import Plan, count, examples, read_list, scan_folder
 
 # --labels for oxford-pets -> class names. Trimaps hold 1 = pet, 2 = background, 3 = border.

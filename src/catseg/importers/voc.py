@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from catseg.data import IGNORE_INDEX, mask_ids, voc_colormap
+from catseg.data import IGNORE_INDEX
 from catseg.errors import CatsegError
+from catseg.images import mask_ids, voc_colormap
 from catseg.importers.common import (
     Plan,
     absent_classes_note,

@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from catseg.inference import gaussian_weight, sliding_window, window_starts, working_size
+from catseg.preprocess import (
+    gaussian_weight,
+    sliding_window,
+    window_starts,
+    working_size,
+)
 
 
 @pytest.mark.parametrize("length, window, overlap", [(100, 32, 0.5), (33, 32, 0.5), (32, 32, 0.5), (500, 64, 0.25),

@@ -1,4 +1,4 @@
-"""Where and in what precision the model runs: device choice, autocast, thread settings."""
+"""Where and in what precision the model runs: device choice, autocast, the forward pass, thread settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -71,12 +72,35 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         yield
 
 
-def configure_threads(workers: int) -> int:
-    """Give torch's intra-op pool the cores the loader workers do not use; return that count."""
+@contextlib.contextmanager
+def intra_op_threads(workers: int) -> Iterator[int]:
+    """Give torch's intra-op pool the cores the loader workers do not use, yielding that count; the
+    process's own setting is restored afterwards, so a library call leaves it as it found it."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    before = torch.get_num_threads()
     threads = max(1, cores - max(0, workers))
     torch.set_num_threads(threads)
-    return threads
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class Forward:
+    """The model's forward pass as catseg runs it everywhere: channels-last memory, the run's precision."""
+
+    model: torch.nn.Module
+    device: torch.device
+    dtype: torch.dtype = torch.float32  # autocast dtype; float32 = no autocast
+    channels_last: bool = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, K, H, W) of normalised inputs (B, C, H, W) on self.device."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            return self.model(x)
 
 
 def default_workers(device: torch.device) -> int:

@@ -1,0 +1,117 @@
+"""Joint image/mask augmentation (albumentations) on cached samples, and the training Dataset that applies it."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+
+# albumentations asks the internet for its latest version at import unless told not to; catseg must
+# work offline and never touch the network unasked.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from catseg.cache import CachedSample  # noqa: E402
+from catseg.preprocess import Preprocess  # noqa: E402
+
+# The cache keeps images a little larger than the training size so that scale-crop augmentation
+# zooms into real detail instead of up-sampling an already shrunk image.
+_CACHE_SCALE = {"none": 1.0, "light": 1.25, "strong": 1.5}
+
+
+
+def cache_side(size: int, augment: str) -> int:
+    """Return the cached side (stretch) or shorter side (scale) for a training size and augmentation."""
+    return int(round(size * _CACHE_SCALE[augment]))
+
+
+
+def build_augmentation(pre: Preprocess, augment: str, ignore_index: int, size: int | None = None) -> A.Compose:
+    """Return the joint image/mask augmentation for a level: none, light or strong.
+
+    `stretch`: the cached square is cropped at a random scale and resized to size x size.
+    `scale`: the cached image (shorter side `size` times the cache factor) is rescaled around the
+    working scale, then a patch x patch window is cut from it, padded where the image is smaller.
+    Geometric transforms fill new mask pixels with the ignore value, so padding never teaches the
+    model that the border is background.
+    """
+    if augment not in _CACHE_SCALE:
+        raise ValueError(f"unknown augmentation level {augment!r}")
+    size = size or pre.size
+    patch = pre.patch
+    if pre.whole_image:
+        geometry = {
+            "none": [A.Resize(size, size)],
+            "light": [A.RandomResizedCrop((size, size), scale=(0.5, 1.0), ratio=(0.8, 1.25))],
+            "strong": [A.Affine(scale=(0.8, 1.2), rotate=(-20, 20), translate_percent=(-0.05, 0.05), p=0.7,
+                                fill=0, fill_mask=ignore_index),
+                       A.RandomResizedCrop((size, size), scale=(0.35, 1.0), ratio=(0.75, 1.33))],
+        }[augment]
+    else:
+        cached = _CACHE_SCALE[augment]
+        low, high = {"none": (1.0, 1.0), "light": (0.8, 1.25), "strong": (0.7, 1.4)}[augment]
+        geometry = [] if augment == "none" else [
+            A.RandomScale(scale_limit=(low / cached - 1, high / cached - 1), p=1.0)]
+        if augment == "strong":
+            geometry.append(A.Affine(rotate=(-20, 20), p=0.5, fill=0, fill_mask=ignore_index))
+        geometry += [A.PadIfNeeded(patch, patch, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
+                     A.RandomCrop(patch, patch)]
+    photometric = {
+        "none": [],
+        "light": [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.15, 0.15, p=0.5)],
+        "strong": [A.HorizontalFlip(p=0.5), A.ColorJitter(0.25, 0.25, 0.25, 0.05, p=0.7),
+                   A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
+                   A.ToGray(p=0.05)],
+    }[augment]
+    return A.Compose(geometry + photometric)
+
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Yields (image (S,S,3) uint8 tensor, mask (S,S) int64 tensor) with fresh augmentation per call.
+
+    Normalisation happens on the device, on whole batches, so the loader moves only bytes.
+    """
+
+    def __init__(self, samples: Sequence[CachedSample], pre: Preprocess, augment: str, ignore_index: int,
+                 seed: int) -> None:
+        self.samples = list(samples)
+        self.pre, self.size, self.augment, self.ignore_index = pre, pre.size, augment, ignore_index
+        self.transform = build_augmentation(pre, augment, ignore_index)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_size(self, size: int) -> None:
+        """Produce samples of another size from now on (progressive resizing); the cache stays as it is."""
+        if size != self.size:
+            self.size = size
+            self.transform = build_augmentation(self.pre, self.augment, self.ignore_index, size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed so that epoch N augments the same way whether or not the run was resumed."""
+        self.transform.set_random_seed(self.seed * 100_003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        out = self.transform(image=sample.image, mask=sample.mask)
+        # np.require copies only when needed: a memory-mapped cache gives read-only arrays
+        image = np.require(out["image"], dtype=np.uint8, requirements=["C", "W"])
+        return torch.from_numpy(image), torch.from_numpy(out["mask"].astype(np.int64))
+
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own augmentation stream derived from the epoch's seed."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None:
+        base = torch.initial_seed() % 2**31
+        random.seed(base)
+        np.random.seed(base)
+        info.dataset.transform.set_random_seed(base)

@@ -1,0 +1,96 @@
+"""File safety: atomic writes, and the check that a folder is catseg's own before anything replaces it.
+
+Every stage writes through these, so a reader (or a crash) sees either the old file or the whole new one.
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from catseg.errors import CatsegError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a file so that a reader sees either the old file or the whole new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+
+def atomic_write_json(path: str | Path, doc: Any) -> None:
+    """Write JSON atomically; NaN and infinities become null, since JSON has no such numbers."""
+    text = json.dumps(_json_safe(doc), indent=2, ensure_ascii=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+
+def check_replaceable(path: Path, marker: str, what: str, fmt: str | None = None,
+                      inputs: Sequence[str | Path | None] = ()) -> None:
+    """Raise a CatsegError unless `path` is an empty folder or one catseg wrote (it holds `marker`, a JSON
+    file whose "format" is `fmt` when given), so that --force can never delete a folder of the user's
+    own, nor a file the same command reads (`inputs`)."""
+    if not path.is_dir():
+        raise CatsegError(f"{path}: exists and is not a folder; refusing to replace it.")
+    if any(path.iterdir()) and not _is_marker(path / marker, fmt):
+        raise CatsegError(f"{path}: is not {what} (no {marker}" + (f" of format {fmt!r}" if fmt else "")
+                          + "); refusing to replace it even with --force. Choose a new folder.")
+    root = path.resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve().is_relative_to(root):
+            raise CatsegError(f"{item}: is inside {path}, which --force would replace; move it out first.")
+
+
+
+def _is_marker(path: Path, fmt: str | None) -> bool:
+    if not path.is_file():
+        return False
+    if fmt is None:
+        return True
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == fmt
+
+
+def swap_in_place(new_dir: Path, out_dir: Path) -> None:
+    """Move the finished folder `new_dir` to `out_dir`; an existing `out_dir` is set aside first and deleted
+    only once the new one is in place, so no moment leaves neither."""
+    old: Path | None = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    os.replace(new_dir, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

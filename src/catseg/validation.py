@@ -1,0 +1,84 @@
+"""Validation during training, and the choice made on validation at its end (mirror TTA and clean-up)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from catseg.cache import CachedSample, stack_batch
+from catseg.calibration import CalibrationAccumulator, ThresholdSearch
+from catseg.metrics import MetricAccumulator
+from catseg.postprocess import Postprocess, choose_postprocess
+from catseg.steps import StepContext
+
+
+@torch.inference_mode()
+def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int) -> dict[str, Any]:
+    ctx.model.eval()
+    metrics = MetricAccumulator(ctx.num_classes, list(classes), ctx.ignore_index)
+    calibration = CalibrationAccumulator()
+    thresholds = ThresholdSearch() if ctx.num_classes == 2 else None
+    loss_sum, count = 0.0, 0
+    for images, masks in validation_batches(samples, batch_size, ctx.pre.whole_image):
+        y = masks.to(ctx.device)
+        logits = _logits(ctx, images)
+        loss_sum += float(ctx.loss_fn(logits, y)) * len(images)
+        count += len(images)
+        probs = logits.softmax(1)
+        metrics.update_batch(probs.argmax(1), y)
+        calibration.update(probs, y, ctx.ignore_index)
+        if thresholds is not None:
+            thresholds.update(probs[:, 1], y, ctx.ignore_index)
+    ctx.model.train()
+    summary = metrics.summary()["dataset"]  # NaN is None there (a class absent from prediction and truth)
+    out = {"val_loss": loss_sum / max(1, count), "val_miou": nan_if_none(summary["miou"]), "val_ece": calibration.ece()}
+    for name in classes:
+        out[f"val_iou_{name}"] = nan_if_none(summary["per_class"][name]["iou"])
+    if thresholds is not None:
+        out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
+    return out
+
+
+@torch.inference_mode()
+def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None
+                  ) -> tuple[bool, Postprocess, dict[str, float]]:
+    """Return (mirror TTA on?, mask clean-up, every candidate's mIoU), chosen on the validation photos at the
+    working scale. Mirroring is kept when averaging with the flipped photo raises validation mIoU; the
+    clean-up is then chosen on those predictions. Doing nothing wins ties."""
+    ctx.model.eval()
+    preds: dict[bool, list[np.ndarray]] = {False: [], True: []}
+    truths = []
+    for images, masks in validation_batches(samples, 8, ctx.pre.whole_image):
+        plain = _logits(ctx, images).softmax(1)
+        both = (plain + _logits(ctx, images.flip(2)).softmax(1).flip(-1)) / 2  # images are (B, H, W, C)
+        for flip, probs in ((False, plain), (True, both)):
+            labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
+            preds[flip] += list(labels.to(torch.uint8).cpu().numpy())
+        truths += list(masks.numpy().astype(np.uint8))
+    ctx.model.train()
+    plain_cleanup, plain_tried = choose_postprocess(preds[False], truths, ctx.num_classes, ctx.ignore_index)
+    flip_cleanup, flip_tried = choose_postprocess(preds[True], truths, ctx.num_classes, ctx.ignore_index)
+    tried = {**plain_tried, **{f"mirror-tta+{k}" if k != "none" else "mirror-tta": v for k, v in flip_tried.items()}}
+    if max(flip_tried.values()) > max(plain_tried.values()) + 1e-4:
+        return True, flip_cleanup, tried
+    return False, plain_cleanup, tried
+
+
+def _logits(ctx: StepContext, images: torch.Tensor) -> torch.Tensor:
+    """Return float (B, K, H, W) logits of cached images at their working size, as prediction computes them."""
+    return ctx.pre.logits(ctx.forward, images.to(ctx.device))
+
+
+def validation_batches(samples: Sequence[CachedSample], batch_size: int,
+                       whole_image: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images, masks): stacked squares when the model sees whole images, else one photo at a time."""
+    step = batch_size if whole_image else 1
+    for start in range(0, len(samples), step):
+        yield stack_batch(samples[start:start + step])
+
+
+def nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else float(value)

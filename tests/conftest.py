@@ -55,6 +55,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     base = tmp_path_factory.mktemp("run")
     data = make_tiny_dataset(base / "data")
-    fit(TrainConfig(dataset=str(data), out=str(base / "run"), width=4, depth=2, size=32, epochs=2, batch_size=4,
+    fit(TrainConfig(dataset=str(data), out=str(base / "run"), model="unet", width=4, depth=2, size=32, epochs=2, batch_size=4,
                     lr=1e-2, augment="light", precision="fp32").validate())
     return base / "run"

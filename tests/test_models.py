@@ -203,7 +203,7 @@ def test_unknown_encoder_suggests_valid_ones() -> None:
 def test_model_kwargs_picks_the_models_options_from_a_config() -> None:
     config = TrainConfig(model="unet", width=8, depth=3, upsample="bilinear", encoder="resnet18")
     assert model_kwargs("unet", config) == {"width": 8, "depth": 3, "upsample": "bilinear"}
-    assert model_kwargs("smp-fpn", config) == {"encoder": "resnet18", "encoder_weights": "none"}
+    assert model_kwargs("smp-fpn", config) == {"encoder": "resnet18", "encoder_weights": "auto"}
 
 
 def test_rebuild_never_reads_the_pretrained_weights(tmp_path: Path) -> None:

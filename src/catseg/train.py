@@ -29,7 +29,7 @@ from catseg.hardware import (Forward, default_workers, intra_op_threads, precisi
                              resolve_precision)
 from catseg.losses import SegmentationLoss, class_weights_from_frequency
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for
-from catseg.planner import plan_training
+from catseg.planner import plan_training, resolve_auto
 from catseg.preprocess import Preprocess
 from catseg.run import (LAST_WEIGHTS, TRAIN_STATE, WEIGHTS, BestEpoch, RunConfig, RunFolder, prepare_run_dir,
                         read_run_config, versions)
@@ -164,6 +164,9 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
     train_stems, val_stems = choose_split(info, config)
     run_dir = prepare_run_dir(config)
     config, plan_doc = _plan(config, info, train_stems)
+    config, notes = resolve_auto(config)
+    for note in notes:
+        log.info("%s", note)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)  # a bad device fails here, before decoding
     workers = config.workers if config.workers >= 0 else default_workers(device)
@@ -235,7 +238,7 @@ def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cac
     pre = folder.config.preprocess
     weights = _class_weights(config, train_cache, info)
     loss_fn = SegmentationLoss(config.loss, info.num_classes, info.ignore_index, weights).to(forward.device)
-    optimizer = torch.optim.AdamW(forward.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(forward.model, config), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if forward.dtype == torch.float16 else None
     ctx = StepContext(forward, pre, loss_fn, info.num_classes, info.ignore_index, scaler)
     dataset = AugmentedDataset(train_cache, pre, config.augment, info.ignore_index, config.seed)
@@ -283,7 +286,7 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
         t.window.waited += wait
         t.lr = learning_rate(t.clock.progress(t.step), config.lr, config.warmup)
         for group in t.optimizer.param_groups:
-            group["lr"] = t.lr
+            group["lr"] = t.lr * group.get("lr_scale", 1.0)
         loss = train_step(t.ctx, t.optimizer, images, masks)
         if not math.isfinite(loss):
             raise CatsegError(f"training diverged at epoch {t.epoch} step {t.step} (loss {loss}). "
@@ -374,6 +377,20 @@ def _finish(t: Training, started: float) -> FitResult:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Return AdamW parameter groups: a pretrained encoder learns at `encoder_lr` times the rate of the
+    freshly initialised decoder and head, so the first steps' large gradients do not wash out ImageNet's
+    features. Each group's `lr_scale` multiplies the scheduled rate."""
+    encoder = getattr(getattr(model, "net", None), "encoder", None)
+    pretrained = config.encoder_weights not in ("none", "", "auto") and encoder is not None
+    if not pretrained or config.encoder_lr == 1.0:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    own = {id(p) for p in encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in own]
+    return [{"params": list(encoder.parameters()), "lr_scale": config.encoder_lr},
+            {"params": rest, "lr_scale": 1.0}]
+
+
 def _grown_size(config: TrainConfig, progress: float) -> int:
     """Return the training size at a point of training under --size-start: linear growth from size_start
     to size over the first 60%, in steps of 16 pixels."""

@@ -26,8 +26,12 @@ from machine import cpu_flags  # benchmarks/machine.py
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"
 
 
-def _catseg(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "catseg.cli", "-q", *args], capture_output=True, text=True)
+def _catseg(*args: str, log: Path | None = None) -> str:
+    """Run the real command line; with `log`, keep its whole console output there (plan lines, epochs)."""
+    quiet = [] if log else ["-q"]
+    proc = subprocess.run([sys.executable, "-m", "catseg.cli", *quiet, *args], capture_output=True, text=True)
+    if log is not None:
+        log.write_text(f"$ catseg {' '.join(args)}\n{proc.stdout}{proc.stderr}", encoding="utf-8")
     if proc.returncode != 0:
         sys.exit(f"catseg {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return proc.stdout
@@ -37,7 +41,9 @@ def run_budget(dataset: Path, work: Path, budget: str, train_args: list[str], tt
     """Train with one budget and return its scores."""
     run = work / f"run-{budget}"
     started = time.perf_counter()
-    _catseg("train", str(dataset), "--out", str(run), "--time-budget", budget, "--force", *train_args)
+    work.mkdir(parents=True, exist_ok=True)
+    _catseg("train", str(dataset), "--out", str(run), "--time-budget", budget, "--force", *train_args,
+            log=work / f"train-{budget}.log")
     seconds = time.perf_counter() - started
     out = work / f"eval-{budget}"
     _catseg("evaluate", str(run), str(dataset), "--out", str(out), "--force",

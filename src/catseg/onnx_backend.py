@@ -1,0 +1,160 @@
+"""OnnxPredictor: an exported .onnx file run by onnxruntime, giving what the PyTorch Predictor gives.
+
+The file carries everything it needs (catseg.export writes the classes, colours, threshold, mirror-TTA
+choice and clean-up into its metadata), so `catseg predict MODEL.onnx ...` needs no run folder.
+`catseg predict RUN ... --backend onnx` uses the run's own export, RUN/model.onnx, made on first use
+and made again when the run's weights or prediction settings have changed since.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from catseg.errors import CatsegError
+from catseg.export import ONNX_FORMAT, export_onnx, require, run_fingerprint, session_from
+from catseg.postprocess import Postprocess
+from catseg.run import read_run_config
+
+log = logging.getLogger(__name__)
+
+RUN_EXPORT = "model.onnx"
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What an exported file's metadata says."""
+
+    classes: list[str]
+    colors: list[list[int]]
+    threshold: float | None
+    flip: bool
+    postprocess: dict[str, Any]
+    fingerprint: str
+    version: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> OnnxInfo:
+        if meta.get("catseg_format") != ONNX_FORMAT:
+            raise CatsegError(f"{path}: not an ONNX file written by `catseg export` (no catseg metadata); "
+                              "export the run with `catseg export RUN --out FILE.onnx`")
+        try:
+            return cls(classes=list(json.loads(meta["classes"])), colors=[list(c) for c in json.loads(meta["colors"])],
+                       threshold=json.loads(meta["threshold"]), flip=bool(json.loads(meta["tta"])["flip"]),
+                       postprocess=dict(json.loads(meta["postprocess"])), fingerprint=meta.get("source_fingerprint", ""),
+                       version=meta.get("catseg_version", "?"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CatsegError(f"{path}: its catseg metadata is damaged ({exc}); export the run again") from exc
+
+
+class OnnxPredictor:
+    """An exported catseg model run by onnxruntime on the CPU."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CatsegError(f"{self.path}: no such file; export a run with `catseg export RUN --out {self.path}`")
+        ort = require("onnxruntime")
+        try:
+            self.session = session_from(self.path, threads)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types for damaged files
+            raise CatsegError(f"{self.path}: onnxruntime cannot load it ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from exc
+        self.info = OnnxInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.postprocess = Postprocess.from_json(self.info.postprocess)
+        log.info("backend: onnxruntime %s (%s), %s", ort.__version__, ", ".join(self.session.get_providers()),
+                 self.path)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def colors(self) -> list[list[int]]:
+        return self.info.colors
+
+    @property
+    def has_probs(self) -> bool:
+        return "probs" in self.outputs
+
+    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Return the graph's outputs ("mask" (H, W) uint8, "probs" (K, H, W) float32) for one photo."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) uint8 photo, got {image.dtype} {image.shape}")
+        return dict(zip(self.outputs, self.session.run(None, {"image": np.ascontiguousarray(image)})))
+
+    def predict_batch(self, images: Sequence[np.ndarray], threshold: float | None = None
+                      ) -> list[tuple[torch.Tensor | None, np.ndarray]]:
+        """Return (probabilities (K, H, W) or None, cleaned mask (H, W) uint8) for each photo, as
+        Predictor.labels_from_proba gives them: a threshold other than the stored one needs probs."""
+        custom = threshold is not None and threshold != self.info.threshold and self.info.num_classes == 2
+        if custom and not 0.0 < threshold < 1.0:  # type: ignore[operator]
+            raise CatsegError(f"--threshold {threshold}: must be between 0 and 1")
+        if custom and not self.has_probs:
+            raise CatsegError(f"{self.path} was exported with --outputs mask: --threshold needs its probabilities; "
+                              "export again with --outputs both")
+        results = []
+        for image in images:
+            out = self.run(image)
+            probs = torch.from_numpy(out["probs"]) if "probs" in out else None
+            if custom:
+                mask = (out["probs"][1] >= threshold).astype(np.uint8)
+            elif "mask" in out:
+                mask = out["mask"]
+            else:
+                mask = _labels(out["probs"], self.info.threshold)
+            results.append((probs, self.postprocess(mask) if self.postprocess.active else mask))
+        return results
+
+    def predict(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Return the (H, W) uint8 class-id mask of one photo, clean-up applied."""
+        return self.predict_batch([image], threshold)[0][1]
+
+
+def _labels(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    if threshold is not None and probs.shape[0] == 2:
+        return (probs[1] >= threshold).astype(np.uint8)
+    return probs.argmax(0).astype(np.uint8)
+
+
+def run_export_path(run_dir: Path, flip: bool, stored_flip: bool) -> Path:
+    """Return where a run keeps its own export: RUN/model.onnx with the run's TTA choice, else a sibling."""
+    if flip == stored_flip:
+        return run_dir / RUN_EXPORT
+    return run_dir / ("model-tta.onnx" if flip else "model-no-tta.onnx")
+
+
+def open_run_export(run_dir: str | Path, tta: bool | None = None, threads: int = 0) -> OnnxPredictor:
+    """Return an OnnxPredictor for a run folder's own export, exporting it first when it is missing or
+    older than the run's weights and settings."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    stored = bool(config.tta.get("flip", False))
+    flip = stored if tta is None else bool(tta)
+    path = run_export_path(run_dir, flip, stored)
+    fingerprint = run_fingerprint(run_dir, config)
+    if path.is_file():
+        try:
+            predictor = OnnxPredictor(path, threads)
+            if predictor.info.fingerprint == fingerprint:
+                return predictor
+            log.info("%s is older than the run's weights or settings: exporting again", path)
+        except CatsegError as exc:
+            log.warning("%s cannot be used (%s): exporting again", path, exc)
+    log.info("exporting %s to %s (first use of the onnx backend)", run_dir, path)
+    report = export_onnx(run_dir, path, outputs="both", tta=flip, force=True, threads=threads)
+    log.info("parity with the PyTorch backend: min %.4f%% of pixels agree on %d photos",
+             100 * report.min_agreement, len(report.parity))
+    return OnnxPredictor(path, threads)

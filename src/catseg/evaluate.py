@@ -50,8 +50,9 @@ def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[
 def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = None, out_dir: str | Path | None = None,
              threshold: float | None = None, device: str = "auto", force: bool = False,
              predictor: Predictor | None = None, tta: bool | None = None,
-             tta_scales: Sequence[float] = (1.0,)) -> dict[str, Any]:
-    """Return the scores of a run on a dataset (see the README's summary.json) and write them to out_dir."""
+             tta_scales: Sequence[float] = (1.0,), report: bool = False, report_worst: int = 12) -> dict[str, Any]:
+    """Return the scores of a run on a dataset (see the README's summary.json) and write them to out_dir;
+    with `report`, also report.html (figures and the `report_worst` worst images; catseg.report)."""
     run_dir, dataset_dir = Path(run_dir), Path(dataset_dir)
     split_name, stems = _choose_stems(run_dir, dataset_dir, split)
     if not stems:
@@ -69,6 +70,11 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
                           "evaluate on a dataset with the same classes.")
     metrics = MetricAccumulator(info.num_classes, info.classes, info.ignore_index)
     calibration = CalibrationAccumulator()
+    collector = None
+    if report:
+        from catseg.report import ReportCollector  # matplotlib, only when asked
+
+        collector = ReportCollector(info.classes, info.colors, info.ignore_index, report_worst)
     for i, stem in enumerate(stems):
         image, mask = read_image(info.image_path(stem)), read_mask(info.mask_path(stem))
         if image.shape[:2] != mask.shape:
@@ -77,6 +83,8 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
         pred = predictor.labels_from_proba(probs, threshold)
         metrics.update(pred, mask, name=stem)
         calibration.update(probs, _tensor(mask), info.ignore_index)
+        if collector is not None:
+            collector.update(stem, image, mask, probs, pred, info.image_path(stem), info.mask_path(stem))
         if (i + 1) % 50 == 0:
             log.info("evaluated %d/%d", i + 1, len(stems))
     summary = metrics.summary()
@@ -87,6 +95,10 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", summary)
     _write_rows(out / "per_image.csv", metrics.per_image_rows())
+    if collector is not None:
+        from catseg.report import REPORT_FILE, write_report
+
+        summary["report"] = str(write_report(out / REPORT_FILE, summary, collector, calibration.bins()))
     summary["out_dir"] = str(out)
     return summary
 

@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -15,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from catseg.annotate import (LABELS_FILE, LabelmeOptions, annotation_path, check_labels_file, labelme_document,
+                              labelme_json_bytes, split_annotated)
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes
-from catseg.hardware import Forward, resolve_device, resolve_precision
+from catseg.hardware import Forward, precision_name, resolve_device, resolve_precision
 from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, read_image
 from catseg.models import create_model, load_weights, rebuild_kwargs
 from catseg.postprocess import Postprocess
@@ -25,7 +28,8 @@ from catseg.run import WEIGHTS, RunConfig, read_run_config
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("mask", "overlay", "prob", "npy")
+FORMATS = ("mask", "overlay", "prob", "npy", "labelme")
+BACKENDS = ("torch", "onnx")  # PyTorch eager, or onnxruntime on the run's (or a given file's) ONNX export
 
 
 class Predictor:
@@ -172,6 +176,8 @@ def _output_paths(files: Sequence[Path], out_dir: Path, formats: Sequence[str], 
                 outputs[fmt] = [out_dir / f"{f.stem}_prob_{_safe(c)}.png" for c in classes]
             elif fmt == "npy":
                 outputs[fmt] = [out_dir / f"{f.stem}_prob.npy"]
+            elif fmt == "labelme":
+                outputs[fmt] = [annotation_path(out_dir, f)]
         plan[f] = outputs
     return plan
 
@@ -204,13 +210,15 @@ def _boundaries(mask: np.ndarray, thickness: int) -> np.ndarray:
     return edges
 
 
-def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor, mask: np.ndarray, config: RunConfig) -> list[bytes]:
+def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor | None, mask: np.ndarray,
+            colors: Sequence[Sequence[int]]) -> list[bytes]:
     if fmt == "mask":
-        return [mask_png_bytes(mask, config.colors)]
+        return [mask_png_bytes(mask, colors)]
     if fmt == "overlay":
         buf = io.BytesIO()
-        Image.fromarray(overlay(image, mask, config.colors)).save(buf, format="JPEG", quality=92)
+        Image.fromarray(overlay(image, mask, colors)).save(buf, format="JPEG", quality=92)
         return [buf.getvalue()]
+    assert probs is not None  # predict_files refuses prob/npy for a model without probabilities
     if fmt == "prob":
         out = []
         for k in range(probs.shape[0]):
@@ -225,10 +233,16 @@ def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor, mask: np.ndarray, 
 
 def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path, formats: Sequence[str] = ("mask",),
                   threshold: float | None = None, device: str = "auto", batch_size: int = 4,
-                  force: bool = False, tta: bool | None = None, tta_scales: Sequence[float] = (1.0,)) -> list[Path]:
+                  force: bool = False, tta: bool | None = None, tta_scales: Sequence[float] = (1.0,),
+                  backend: str | None = None, labelme: LabelmeOptions | None = None) -> list[Path]:
     """Predict every input photo and write the chosen formats into out_dir; return the written paths.
 
+    `run_dir` is a run folder, or a .onnx file written by `catseg export`. `backend` "torch" (PyTorch, the
+    default for a run folder) or "onnx" (onnxruntime: the file given, or the run's own RUN/model.onnx,
+    exported on first use); None picks by what `run_dir` is. Either backend writes the same formats.
     Every output name is checked before anything is written, so a refusal leaves no partial output.
+    With the labelme format (polygons shaped by `labelme`), photos whose <stem>.json is already in
+    out_dir are skipped (and logged) unless force, and out_dir gets a labels.txt for `catseg convert --labels`.
     """
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -238,22 +252,99 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     files = expand_inputs(inputs)
     _check_readable(files)
     out_dir = Path(out_dir)
-    predictor = Predictor.from_run(run_dir, device=device, tta=tta, tta_scales=tta_scales)
+    predictor = open_predictor(run_dir, backend, device=device, tta=tta, tta_scales=tta_scales)
+    if isinstance(predictor, Predictor):
+        colors = predictor.config.colors
+    else:
+        colors = predictor.colors
+        needs_probs = [f for f in formats if f in ("prob", "npy")]
+        if needs_probs and not predictor.has_probs:
+            raise CatsegError(f"{predictor.path} was exported with --outputs mask: it has no probabilities for "
+                              f"--format {','.join(needs_probs)}; export again with --outputs both")
     plan = _output_paths(files, out_dir, formats, predictor.classes)
+    labels_txt = None
+    if "labelme" in formats:
+        labelme = (labelme or LabelmeOptions()).validate()
+        files, skipped = split_annotated(files, out_dir, force)
+        if skipped:
+            log.info("skipped %d photo(s) whose labelme JSON is already in %s (--force replaces them): %s",
+                     len(skipped), out_dir, ", ".join(map(str, skipped)))
+        plan = {f: plan[f] for f in files}
+        labels_txt = check_labels_file(out_dir, predictor.classes, force)
+    inputs = {f.resolve() for f in files}
+    clobbered = [p for outs in plan.values() for paths in outs.values() for p in paths if p.resolve() in inputs]
+    if clobbered:
+        raise CatsegError(f"{clobbered[0]}: is an input photo and an output name; choose another --out")
     existing = [p for outs in plan.values() for paths in outs.values() for p in paths if p.exists()]
     if existing and not force:
         raise CatsegError(f"{len(existing)} output files already exist (first: {existing[0]}). "
                           "Choose another --out or pass --force to overwrite them.")
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    if labels_txt is not None:
+        atomic_write_bytes(out_dir / LABELS_FILE, labels_txt.encode("utf-8"))
+        written.append(out_dir / LABELS_FILE)
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         images = [read_image(f) for f in chunk]
-        for f, image, probs in zip(chunk, images, predictor.predict_proba_batch(images)):
-            mask = predictor.labels_from_proba(probs, threshold)
+        for f, image, (probs, mask) in zip(chunk, images, _predict_chunk(predictor, images, threshold)):
             for fmt, paths in plan[f].items():
-                for path, data in zip(paths, _encode(fmt, image, probs, mask, predictor.config)):
+                encoded = ([_labelme_bytes(f, paths[0], mask, predictor.classes, labelme, run_dir)]
+                           if fmt == "labelme" else _encode(fmt, image, probs, mask, colors))
+                for path, data in zip(paths, encoded):
                     atomic_write_bytes(path, data)
                     written.append(path)
         log.info("predicted %d/%d", min(start + batch_size, len(files)), len(files))
     return written
+
+
+def _labelme_bytes(photo: Path, json_path: Path, mask: np.ndarray, classes: Sequence[str],
+                   options: LabelmeOptions | None, run_dir: str | Path) -> bytes:
+    doc = labelme_document(photo, json_path, mask, classes, options or LabelmeOptions(),
+                           description=f"predicted by catseg ({Path(run_dir).resolve().name})")
+    return labelme_json_bytes(doc)
+
+
+def _predict_chunk(predictor: Any, images: Sequence[np.ndarray], threshold: float | None
+                   ) -> list[tuple[torch.Tensor | None, np.ndarray]]:
+    """Return (probabilities, mask) per photo from either backend."""
+    if isinstance(predictor, Predictor):
+        return [(probs, predictor.labels_from_proba(probs, threshold))
+                for probs in predictor.predict_proba_batch(images)]
+    return predictor.predict_batch(images, threshold)
+
+
+def open_predictor(source: str | Path, backend: str | None = None, device: str = "auto", tta: bool | None = None,
+                   tta_scales: Sequence[float] = (1.0,), threads: int = 0) -> Any:
+    """Return a Predictor (backend "torch") or a catseg.onnx_backend.OnnxPredictor (backend "onnx") for a run
+    folder or an exported .onnx file, logging which backend runs; never falls back from one to the other."""
+    source = Path(source)
+    is_file = source.suffix.lower() == ".onnx"
+    backend = backend or ("onnx" if is_file else "torch")
+    if backend not in BACKENDS:
+        raise CatsegError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if is_file:
+            raise CatsegError(f"{source}: an exported ONNX file runs on the onnx backend; drop --backend torch, "
+                              "or give the run folder it came from")
+        predictor = Predictor.from_run(source, device=device, tta=tta, tta_scales=tta_scales)
+        log.info("backend: PyTorch %s on %s (%s)", torch.__version__, predictor.device,
+                 precision_name(predictor.forward.dtype))
+        return predictor
+    from catseg.onnx_backend import OnnxPredictor, open_run_export
+
+    problems = []
+    if device == "cuda":
+        problems.append("--device cuda: the onnx backend runs onnxruntime on the CPU; use --backend torch for a GPU")
+    if tuple(tta_scales) != (1.0,):
+        problems.append("--tta-scales: the onnx backend predicts at the working size only; use --backend torch")
+    if problems:
+        raise CatsegError("cannot predict with the onnx backend", problems)
+    if not is_file:
+        return open_run_export(source, tta=tta, threads=threads)
+    predictor = OnnxPredictor(source, threads)
+    if tta is not None and tta != predictor.info.flip:
+        raise CatsegError(f"{source}: mirror TTA is {'on' if predictor.info.flip else 'off'} inside this file; "
+                          f"--{'no-' if not tta else ''}tta cannot change it. Export again with "
+                          f"`catseg export RUN --{'no-' if not tta else ''}tta`, or predict the run folder")
+    return predictor

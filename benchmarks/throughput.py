@@ -41,7 +41,7 @@ from PIL import Image
 from machine import cpu_flags  # benchmarks/machine.py
 
 BATCH, SIZE, WIDTH, DEPTH = 8, 256, 32, 4
-DEFAULT_SIZE = 224  # what the planner chose for the pets sample with --time-budget 10m on this CPU
+DEFAULT_SIZE = 160  # what the planner chose for the pets sample with --time-budget 10m on this CPU
 
 
 def _peak_rss_mb() -> float:

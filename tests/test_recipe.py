@@ -14,7 +14,8 @@ from catseg.cache import CachedSample
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
 from catseg.preprocess import Preprocess
-from catseg.train import _grown_size, fit
+from catseg.steps import grown_size
+from catseg.train import fit
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
@@ -27,7 +28,7 @@ def _config(data: Path, out: Path, **kw) -> TrainConfig:
 # ----------------------------------------------------------------------------- growing sizes
 def test_size_grows_from_start_to_size_by_sixty_percent() -> None:
     config = TrainConfig(dataset="d", out="o", size=128, size_start=80)
-    sizes = [_grown_size(config, p / 10) for p in range(11)]
+    sizes = [grown_size(config, p / 10) for p in range(11)]
     assert sizes[0] == 80 and sizes[6:] == [128] * 5
     assert all(a <= b for a, b in zip(sizes, sizes[1:])) and all(s % 16 == 0 for s in sizes)
 

@@ -237,15 +237,15 @@ def test_fit_leaves_process_settings_as_it_found_them(tmp_path: Path, tiny_datas
 
 def test_a_pretrained_encoder_learns_at_a_fraction_of_the_rate() -> None:
     from catseg.models import create_model
-    from catseg.train import _param_groups
+    from catseg.steps import param_groups
 
     model = create_model("smp-unet", 3, 2, encoder="efficientnet-lite0", encoder_weights="none")
     encoder = {id(p) for p in model.net.encoder.parameters()}
     config = TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="imagenet", encoder_lr=0.1)
-    groups = _param_groups(model, config)
+    groups = param_groups(model, config)
     assert [g["lr_scale"] for g in groups] == [0.1, 1.0]
     assert {id(p) for p in groups[0]["params"]} == encoder
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
     # From scratch, every weight is new: one rate for all.
-    scratch = _param_groups(model, TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="none"))
+    scratch = param_groups(model, TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="none"))
     assert len(scratch) == 1 and scratch[0]["lr_scale"] == 1.0

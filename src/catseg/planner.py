@@ -246,7 +246,9 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
     epochs = steps / steps_per_epoch
     reasons.append(f"model {config.model} with ImageNet-pretrained {config.encoder}: {seconds:.2f}s per step here, "
                    f"about {steps} steps ({epochs:.0f} epochs) at {chosen}px in {config.time_budget}")
-    if len(sizes) > 1 and chosen < ceiling:
+    if len(sizes) > 1 and steps < PRETRAINED_STEPS:
+        reasons.append(f"size {chosen}px: the smallest; no size gets {PRETRAINED_STEPS} steps in this budget")
+    elif len(sizes) > 1 and chosen < ceiling:
         reasons.append(f"size {chosen}px: the largest that gets {PRETRAINED_STEPS} steps")
     elif len(sizes) > 1:
         reasons.append(f"size {chosen}px: the median object spans about {PRETRAINED_SPAN}px there")

@@ -1,4 +1,4 @@
-"""One optimisation step and the learning-rate schedule: the pieces the training loop repeats."""
+"""One optimisation step, the learning-rate schedule and the clock: the pieces the training loop repeats."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catseg.config import TrainConfig
 from catseg.hardware import Forward
 from catseg.losses import SegmentationLoss
 from catseg.preprocess import Preprocess
@@ -87,3 +88,59 @@ def step_seconds(ctx: StepContext, optimizer: torch.optim.Optimizer, images: tor
     for _ in range(warmup):
         timed()
     return float(np.median([timed() for _ in range(repeats)]))
+
+
+@dataclass
+class Clock:
+    """When training stops: after `total_steps`, or at `deadline` under a time budget."""
+
+    loop_start: float  # perf_counter() at which the (possibly resumed) loop began, less the time trained before
+    deadline: float | None = None
+    total_steps: int | None = None
+
+    def progress(self, step: int) -> float:
+        """Return how far training is (0..1): by the clock under a time budget, else by steps."""
+        if self.deadline is not None:
+            return (time.perf_counter() - self.loop_start) / max(1e-9, self.deadline - self.loop_start)
+        return step / max(1, self.total_steps or 1)
+
+    def finished(self, step: int) -> bool:
+        return ((self.total_steps is not None and step >= self.total_steps)
+                or (self.deadline is not None and time.perf_counter() >= self.deadline))
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.loop_start
+
+    def eta(self, step: int) -> str:
+        """Return ', about Xm Ys left' for the per-epoch log line ('' when done)."""
+        if self.deadline is not None:
+            left = self.deadline - time.perf_counter()
+        else:
+            left = (self.total_steps - step) * self.elapsed() / max(1, step) if self.total_steps else 0.0
+        if left <= 0:
+            return ""
+        minutes, seconds = divmod(int(left + 0.5), 60)
+        return f", about {minutes}m{seconds:02d}s left" if minutes else f", about {seconds}s left"
+
+
+# ----------------------------------------------------------------------------- helpers
+def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """Return AdamW parameter groups: a pretrained encoder learns at `encoder_lr` times the rate of the
+    freshly initialised decoder and head, so the first steps' large gradients do not wash out ImageNet's
+    features. Each group's `lr_scale` multiplies the scheduled rate."""
+    encoder = getattr(getattr(model, "net", None), "encoder", None)
+    pretrained = config.encoder_weights not in ("none", "", "auto") and encoder is not None
+    if not pretrained or config.encoder_lr == 1.0:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    own = {id(p) for p in encoder.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in own]
+    return [{"params": list(encoder.parameters()), "lr_scale": config.encoder_lr},
+            {"params": rest, "lr_scale": 1.0}]
+
+
+
+def grown_size(config: TrainConfig, progress: float) -> int:
+    """Return the training size at a point of training under --size-start: linear growth from size_start
+    to size over the first 60%, in steps of 16 pixels."""
+    grown = config.size_start + (config.size - config.size_start) * min(1.0, progress / 0.6)
+    return min(config.size, max(config.size_start, int(grown) // 16 * 16))

@@ -33,7 +33,7 @@ from catseg.planner import plan_training, resolve_auto
 from catseg.preprocess import Preprocess
 from catseg.run import (LAST_WEIGHTS, TRAIN_STATE, WEIGHTS, BestEpoch, RunConfig, RunFolder, prepare_run_dir,
                         read_run_config, versions)
-from catseg.steps import StepContext, learning_rate, timed_batches, train_step
+from catseg.steps import Clock, StepContext, grown_size, learning_rate, param_groups, timed_batches, train_step
 from catseg.validation import choose_finish, validate
 
 log = logging.getLogger(__name__)
@@ -70,39 +70,6 @@ class StepReport:
 
 
 Progress = Callable[[StepReport], None]
-
-
-@dataclass
-class Clock:
-    """When training stops: after `total_steps`, or at `deadline` under a time budget."""
-
-    loop_start: float  # perf_counter() at which the (possibly resumed) loop began, less the time trained before
-    deadline: float | None = None
-    total_steps: int | None = None
-
-    def progress(self, step: int) -> float:
-        """Return how far training is (0..1): by the clock under a time budget, else by steps."""
-        if self.deadline is not None:
-            return (time.perf_counter() - self.loop_start) / max(1e-9, self.deadline - self.loop_start)
-        return step / max(1, self.total_steps or 1)
-
-    def finished(self, step: int) -> bool:
-        return ((self.total_steps is not None and step >= self.total_steps)
-                or (self.deadline is not None and time.perf_counter() >= self.deadline))
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.loop_start
-
-    def eta(self, step: int) -> str:
-        """Return ', about Xm Ys left' for the per-epoch log line ('' when done)."""
-        if self.deadline is not None:
-            left = self.deadline - time.perf_counter()
-        else:
-            left = (self.total_steps - step) * self.elapsed() / max(1, step) if self.total_steps else 0.0
-        if left <= 0:
-            return ""
-        minutes, seconds = divmod(int(left + 0.5), 60)
-        return f", about {minutes}m{seconds:02d}s left" if minutes else f", about {seconds}s left"
 
 
 @dataclass
@@ -238,7 +205,7 @@ def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cac
     pre = folder.config.preprocess
     weights = _class_weights(config, train_cache, info)
     loss_fn = SegmentationLoss(config.loss, info.num_classes, info.ignore_index, weights).to(forward.device)
-    optimizer = torch.optim.AdamW(_param_groups(forward.model, config), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(forward.model, config), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if forward.dtype == torch.float16 else None
     ctx = StepContext(forward, pre, loss_fn, info.num_classes, info.ignore_index, scaler)
     dataset = AugmentedDataset(train_cache, pre, config.augment, info.ignore_index, config.seed)
@@ -274,7 +241,7 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
     config, device = t.config, t.ctx.device
     t.epoch += 1
     if config.size_start:
-        t.dataset.set_size(_grown_size(config, t.clock.progress(t.step)))
+        t.dataset.set_size(grown_size(config, t.clock.progress(t.step)))
     t.dataset.set_epoch(t.epoch)
     torch.manual_seed(config.seed * 1000 + t.epoch)
     loader = torch.utils.data.DataLoader(
@@ -374,28 +341,6 @@ def _finish(t: Training, started: float) -> FitResult:
                           tta={"flip": True} if mirror else {})
     return FitResult(t.folder.root, t.epoch, t.best.epoch, float(t.best.val_miou), t.best.threshold,
                      time.perf_counter() - started, t.history)
-
-
-# ----------------------------------------------------------------------------- helpers
-def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """Return AdamW parameter groups: a pretrained encoder learns at `encoder_lr` times the rate of the
-    freshly initialised decoder and head, so the first steps' large gradients do not wash out ImageNet's
-    features. Each group's `lr_scale` multiplies the scheduled rate."""
-    encoder = getattr(getattr(model, "net", None), "encoder", None)
-    pretrained = config.encoder_weights not in ("none", "", "auto") and encoder is not None
-    if not pretrained or config.encoder_lr == 1.0:
-        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    own = {id(p) for p in encoder.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in own]
-    return [{"params": list(encoder.parameters()), "lr_scale": config.encoder_lr},
-            {"params": rest, "lr_scale": 1.0}]
-
-
-def _grown_size(config: TrainConfig, progress: float) -> int:
-    """Return the training size at a point of training under --size-start: linear growth from size_start
-    to size over the first 60%, in steps of 16 pixels."""
-    grown = config.size_start + (config.size - config.size_start) * min(1.0, progress / 0.6)
-    return min(config.size, max(config.size_start, int(grown) // 16 * 16))
 
 
 def _class_weights(config: TrainConfig, samples: Sequence[CachedSample], info: DatasetInfo) -> list[float] | None:

@@ -160,3 +160,14 @@ def test_class_names_cannot_steer_output_paths(tiny_run: Path, tmp_path: Path) -
     paths = plan[tmp_path / "a.png"]["prob"]
     assert all(p.parent == tmp_path / "out" for p in paths)
     assert [p.name for p in paths] == ["a_prob_background.png", "a_prob__.._etc_x.png", "a_prob_cat_dog.png"]
+
+
+def test_prediction_does_not_load_the_training_stack() -> None:
+    """predict needs the run's Preprocess only: not albumentations, the augmentation module or matplotlib."""
+    import subprocess
+    import sys
+
+    code = ("import sys, catseg.predict; "
+            "print(sorted(m for m in ('albumentations', 'catseg.augment', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -105,7 +105,8 @@ def resize_like_cv2(x: torch.Tensor, height: torch.Tensor, width: torch.Tensor) 
     fast = (h_in % height == 0) & (w_in % width == 0)
     block = ((h_in // height) * (w_in // width)).float()
     total = torch.round(by_area * block)  # the exact block sum where fast
-    by_fast = torch.where(block == 4, torch.floor(total / 4 + 0.5), torch.round(total * (1.0 / block)))
+    two_by_two = (h_in == 2 * height) & (w_in == 2 * width)  # the vector path is for 2x2 blocks only, not 4x1
+    by_fast = torch.where(two_by_two, torch.floor(total / 4 + 0.5), torch.round(total * (1.0 / block)))
     by_area = torch.where(fast, by_fast, torch.round(by_area))
     # OpenCV's vector unit: ((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16), then (v + 2) >> 2.
     g64, b64 = torch.floor(g.double() / 16), row_w.double()

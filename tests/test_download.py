@@ -104,8 +104,9 @@ def server() -> Iterator[Server]:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
-            self.wfile.write(data[start:])
+            # Counted before writing: the client may read the last byte and assert before write() returns here.
             state.bytes_sent += len(data) - start
+            self.wfile.write(data[start:])
 
         def log_message(self, *args: object) -> None:
             pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -588,3 +589,75 @@ def test_cli_bad_input_exits_2_with_one_clear_message(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err
     assert "catseg import: error:" in err and "nowhere: no such folder" in err and "Traceback" not in err
     assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------- void ids and split folders (CamVid)
+CAMVID = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+          "Bicyclist"]
+
+
+def _camvid_like(root: Path) -> None:
+    """Two split folders whose masks use id 0 as a real class and 3 as void."""
+    for images, masks, stems in (("train", "trainannot", ["t1", "t2"]), ("val", "valannot", ["v1"])):
+        (root / images).mkdir(parents=True)
+        for i, stem in enumerate(stems):
+            mask = np.zeros((10, 12), np.uint8)
+            mask[:, 6:] = 1
+            mask[0, :] = 3  # void
+            (root / images / f"{stem}.png").write_bytes(photo_bytes(12, 10, seed=i))
+            save_png(root / masks / f"{stem}.png", mask)
+
+
+def test_masks_with_a_void_id_and_named_split_folders(tmp_path: Path) -> None:
+    _camvid_like(tmp_path / "src")
+    with pytest.raises(CatsegError, match="--ignore-id"):  # id 3 with three classes: the fix names the flag
+        import_dataset("masks", tmp_path / "src", tmp_path / "no", classes="sky,road,car",
+                       splits=["train=train,trainannot", "val=val,valannot"])
+    assert not (tmp_path / "no").exists()
+    report = import_dataset("masks", tmp_path / "src", tmp_path / "ds", classes="sky,road,car", ignore_id=3,
+                            splits=["train=train,trainannot", "val=val,valannot"])
+    info = read_dataset(tmp_path / "ds")
+    assert info.splits == {"train": ["t1", "t2"], "val": ["v1"]} and report.images == 3
+    mask = read_mask(info.mask_path("t1"))
+    assert (mask[0] == 255).all() and (mask[1:, :6] == 0).all() and (mask[1:, 6:] == 1).all()
+    assert "--ignore-id 3" in info.source["command"] and "--split val=val,valannot" in info.source["command"]
+    from catseg.config import TrainConfig
+    from catseg.data import choose_split
+
+    assert choose_split(info, TrainConfig(dataset="d", out="o")) == (["t1", "t2"], ["v1"])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"splits": ["train"]}, "NAME=IMAGES_DIR,MASKS_DIR"),
+    ({"splits": ["a=x,y", "a=z,w"]}, "names a split twice"),
+    ({"splits": ["a=x,y"], "images": "img"}, "drop --images/--masks"),
+    ({"ignore_id": 255}, "--ignore-id 255"),
+])
+def test_bad_split_and_void_options_are_refused(tmp_path: Path, options: dict, message: str) -> None:
+    _camvid_like(tmp_path / "src")
+    with pytest.raises(CatsegError, match=re.escape(message)):
+        import_dataset("masks", tmp_path / "src", tmp_path / "ds", **options)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_stem_in_two_splits_is_refused(tmp_path: Path) -> None:
+    _camvid_like(tmp_path / "src")
+    (tmp_path / "src" / "val" / "t1.png").write_bytes(photo_bytes(12, 10, seed=5))
+    save_png(tmp_path / "src" / "valannot" / "t1.png", np.zeros((10, 12), np.uint8))
+    with pytest.raises(CatsegError, match="also in split 'train'"):
+        import_dataset("masks", tmp_path / "src", tmp_path / "ds", ignore_id=3,
+                       splits=["train=train,trainannot", "val=val,valannot"])
+
+
+@pytest.mark.slow
+def test_real_camvid_imports_as_the_issue_asks(tmp_path: Path) -> None:
+    from conftest import SHARED_DATA
+
+    src = SHARED_DATA / "camvid"
+    if not (src / "trainannot").is_dir():
+        pytest.skip(f"CamVid is not at {src} (the shared data)")
+    assert main(["-q", "import", "masks", str(src), str(tmp_path / "ds"), "--split", "train=train,trainannot",
+                 "--split", "val=val,valannot", "--classes", ",".join(CAMVID), "--ignore-id", "11"]) == 0
+    info = read_dataset(tmp_path / "ds")
+    assert info.classes == CAMVID and len(info.splits["train"]) == 367 and len(info.splits["val"]) == 101
+    assert 255 in np.unique(read_mask(info.mask_path(info.splits["val"][0])))

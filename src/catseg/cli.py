@@ -60,6 +60,11 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--colors", type=Path, default=None,
                    help="masks: file mapping RGB colours to class names, one 'name r g b' per line")
     p.add_argument("--classes", default=None, help="masks, voc: comma-separated class names for class-id masks (id order)")
+    p.add_argument("--ignore-id", type=int, default=None,
+                   help="masks: the mask value that means void / unlabelled (stored as 255, ignored), e.g. 11 for CamVid")
+    p.add_argument("--split", action="append", default=[], metavar="NAME=IMAGES_DIR,MASKS_DIR",
+                   help="masks: a named split from its own folders (relative to SRC); repeat it, e.g. "
+                        "--split train=train,trainannot --split val=val,valannot")
     p.add_argument("--download", action="store_true",
                    help="oxford-pets: download the official release into SRC first (checksums verified, resumable)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
@@ -71,7 +76,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
     report = import_dataset(args.format, args.src, args.out_dir, labels=args.labels, images=args.images,
                             masks=args.masks, colors=args.colors, classes=args.classes,
-                            download=args.download, force=args.force)
+                            download=args.download, force=args.force, ignore_id=args.ignore_id, splits=args.split)
     print(report.summary())
     return 0
 

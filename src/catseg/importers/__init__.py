@@ -9,6 +9,7 @@ or a trimap of the wrong size is skipped with a warning. The source folder is on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,16 @@ def import_dataset(
     classes: str | None = None,
     download: bool = False,
     force: bool = False,
+    ignore_id: int | None = None,
+    splits: Sequence[str] = (),
 ) -> ImportReport:
-    """Return the report of importing SRC, laid out as FMT, into the new dataset folder OUT_DIR."""
+    """Return the report of importing SRC, laid out as FMT, into the new dataset folder OUT_DIR.
+
+    masks only: `ignore_id` is the mask value that means void (written as 255); `splits` are
+    'NAME=IMAGES_DIR,MASKS_DIR' (relative to SRC), one per named split, recorded in dataset.json."""
     src, out_dir = Path(src), Path(out_dir)
     problems = _option_problems(fmt, labels, images, masks, colors, classes, download)
+    problems += _masks_option_problems(fmt, images, masks, ignore_id, splits)
     if problems:
         raise CatsegError("catseg import: invalid options; nothing was written", problems)
     _check_out_dir(src, out_dir, force)
@@ -57,12 +64,15 @@ def import_dataset(
     elif fmt == "voc":
         plan = plan_voc(src, names)
     else:
-        plan = plan_masks(src, src / images, src / masks, colors, names)
+        folders = dict(_parse_split(s) for s in splits) or {"": (images, masks)}
+        plan = plan_masks(src, {name: (src / i, src / m) for name, (i, m) in folders.items()}, colors, names,
+                          ignore_id)
     plan.notes[:0] = notes
     extra: dict[str, Any] = {"format": fmt}
     if fmt == "oxford-pets":
         extra["labels"] = labels
-    command = _command(fmt, src, out_dir, labels=labels, images=images, masks=masks, colors=colors, classes=classes)
+    command = _command(fmt, src, out_dir, labels=labels, images=images, masks=masks, colors=colors, classes=classes,
+                       ignore_id=ignore_id, split=list(splits) or None)
     return write_plan(plan, fmt, src, out_dir, force, provenance(command, src, **extra), inputs=[colors])
 
 
@@ -117,6 +127,37 @@ def _check_out_dir(src: Path, out_dir: Path, force: bool) -> None:
 
 
 def _command(fmt: str, src: Path, out_dir: Path, **options: Any) -> str:
-    defaults = {"labels": "binary", "images": "images", "masks": "masks", "colors": None, "classes": None}
-    flags = [f"--{k} {v}" for k, v in options.items() if v != defaults[k]]
+    defaults = {"labels": "binary", "images": "images", "masks": "masks", "colors": None, "classes": None,
+                "ignore_id": None, "split": None}
+    flags = [f"--{k.replace('_', '-')} {w}" for k, v in options.items() if v != defaults[k]
+             for w in (v if isinstance(v, list) else [v])]
     return " ".join(["catseg import", fmt, str(src), str(out_dir), *flags])
+
+
+def _masks_option_problems(fmt: str, images: str, masks: str, ignore_id: int | None,
+                           splits: Sequence[str]) -> list[str]:
+    problems = []
+    if fmt != "masks" and (ignore_id is not None or splits):
+        problems.append("--ignore-id and --split are for the masks format")
+    if ignore_id is not None and not 0 <= ignore_id <= 254:
+        problems.append(f"--ignore-id {ignore_id}: a mask value 0-254 (255 already means ignore)")
+    if splits and (images, masks) != ("images", "masks"):
+        problems.append("--split names each split's images and masks folders; drop --images/--masks")
+    names = []
+    for text in splits:
+        try:
+            names.append(_parse_split(text)[0])
+        except CatsegError as exc:
+            problems.append(str(exc))
+    if len(set(names)) != len(names):
+        problems.append(f"--split names a split twice: {', '.join(names)}")
+    return problems
+
+
+def _parse_split(text: str) -> tuple[str, tuple[str, str]]:
+    """Return (name, (images dir, masks dir)) of a --split NAME=IMAGES_DIR,MASKS_DIR."""
+    name, _, folders = text.partition("=")
+    parts = folders.split(",")
+    if not name.strip() or len(parts) != 2 or not all(p.strip() for p in parts):
+        raise CatsegError(f"--split {text!r}: write it as NAME=IMAGES_DIR,MASKS_DIR, e.g. train=train,trainannot")
+    return name.strip(), (parts[0].strip(), parts[1].strip())

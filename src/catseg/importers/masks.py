@@ -70,28 +70,48 @@ def _color_ids(path: Path, table: Mapping[int, int], colors_file: Path) -> np.nd
     return rgb_to_ids(rgb, table, path, f"add a 'name r g b' line for it to {colors_file}")
 
 
-def plan_masks(src: Path, photos_dir: Path, masks_dir: Path, colors_file: Path | None,
-               given: list[str] | None) -> Plan:
-    """Return the checked import plan for photos and masks folders; GIVEN is --classes, if passed."""
-    missing = [f"{d}: missing" for d in (photos_dir, masks_dir) if not d.is_dir()]
+def plan_masks(src: Path, folders: Mapping[str, tuple[Path, Path]], colors_file: Path | None,
+               given: list[str] | None, ignore_id: int | None = None) -> Plan:
+    """Return the checked import plan for photos and masks folders; GIVEN is --classes, if passed.
+
+    `folders` maps a split name to its (photos, masks) folders; the name "" means no named split.
+    `ignore_id`, when given, is the mask value that means void: it is stored as 255."""
+    missing = [f"{d}: missing" for pair in folders.values() for d in pair if not d.is_dir()]
     if missing:
-        raise CatsegError(f"{src}: expected photos and masks in subfolders (set them with --images and --masks); "
-                          "nothing was written", missing)
+        raise CatsegError(f"{src}: expected photos and masks in subfolders (set them with --images and --masks, "
+                          "or --split NAME=IMAGES,MASKS); nothing was written", missing)
     palette = read_colors_file(colors_file) if colors_file is not None else None
-    photos, _, photo_dups = scan_folder(photos_dir)
-    mask_files, _, mask_dups = scan_folder(masks_dir)
-    pairs, problems = pair_files(photos, mask_files, photos_dir)
+    pairs, problems, unlabelled, splits, seen_in = [], [], [], {}, {}
+    for name, (photos_dir, masks_dir) in folders.items():
+        photos, _, photo_dups = scan_folder(photos_dir)
+        mask_files, _, mask_dups = scan_folder(masks_dir)
+        found, pair_problems = pair_files(photos, mask_files, photos_dir)
+        problems += photo_dups + mask_dups + pair_problems
+        for stem, photo, _mask in found:
+            if stem in seen_in:
+                problems.append(f"{photo}: the stem {stem!r} is also in split {seen_in[stem]!r}; stems must be "
+                                "unique across splits (rename one of the photos and its mask)")
+            seen_in[stem] = name
+        pairs += found
+        if name:
+            splits[name] = [stem for stem, _, _ in found]
+        unlabelled += [f"{photos[s]}: no mask in {masks_dir}; not imported"
+                       for s in sorted(photos.keys() - mask_files.keys())]
     to_ids: Callable[[Path], np.ndarray] = id_mask
     if palette is not None:
         to_ids = partial(_color_ids, table=palette[2], colors_file=colors_file)
+    if ignore_id is not None:
+        to_ids = partial(_void_to_ignore, to_ids=to_ids, ignore_id=ignore_id)
     present, scan_problems = scan_pairs(pairs, to_ids)
-    problems = photo_dups + mask_dups + problems + scan_problems
+    problems += scan_problems
     notes: list[str] = []
+    if ignore_id is not None:
+        notes.append(f"mask value {ignore_id} (void) stored as {IGNORE_INDEX}: ignored by the loss and the metrics")
     seen = set(np.concatenate(list(present.values())).tolist()) if present else set()
     if palette is not None:
         classes, colors = palette[0], palette[1]
         notes.append(f"colour masks mapped to {len(classes)} classes with {colors_file}")
-    elif seen <= {0, 255} and 255 in seen:
+    elif seen <= {0, 255} and 255 in seen and ignore_id is None:
         classes, colors, to_ids = given or ["background", "class1"], None, binary_ids
         present = {p: np.where(ids == 255, 1, ids) for p, ids in present.items()}
         notes.append("masks hold only 0 and 255: read as binary masks, 255 -> class 1 (not ignore)")
@@ -100,11 +120,17 @@ def plan_masks(src: Path, photos_dir: Path, masks_dir: Path, colors_file: Path |
         if given is None:
             notes.append(f"classes named {', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''} by id; "
                          "name them with --classes")
-    problems += id_problems(present, classes, "list every class with --classes, background first")
+    fix = "list every class with --classes, background first"
+    if ignore_id is None:
+        fix += ", or name the void value with --ignore-id"
+    problems += id_problems(present, classes, fix)
     if problems:
         raise CatsegError(f"{src}: cannot import ({count(len(problems), 'problem')}); nothing was written",
                           cap(problems))
-    unlabelled = sorted(photos.keys() - mask_files.keys())
-    warnings = [f"{photos[s]}: no mask in {masks_dir}; not imported" for s in unlabelled]
-    return Plan(classes, pairs, to_ids, colors=colors, notes=notes + absent_classes_note(present, classes),
-                warnings=warnings)
+    return Plan(classes, pairs, to_ids, colors=colors, splits=splits,
+                notes=notes + absent_classes_note(present, classes), warnings=unlabelled)
+
+
+def _void_to_ignore(path: Path, to_ids: Callable[[Path], np.ndarray], ignore_id: int) -> np.ndarray:
+    ids = to_ids(path)
+    return np.where(ids == ignore_id, IGNORE_INDEX, ids).astype(np.uint8)

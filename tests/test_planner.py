@@ -194,3 +194,18 @@ def test_unet_options_with_auto_mean_the_unet(monkeypatch: pytest.MonkeyPatch) -
     assert config.model == "unet" and "UNet options" in notes[0]
     config, _ = planner.resolve_auto(TrainConfig(dataset="d", out="r", given=["depth"]))
     assert config.model == "unet"
+
+
+def test_auto_keeps_the_encoder_options_it_is_given(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--encoder` or `--encoder-weights` without `--model`: the user's encoder and weights, never the default's."""
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True, "efficientnet-lite2": False})
+    config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r", encoder_weights="none"))
+    assert (config.model, config.encoder, config.encoder_weights) == ("smp-unet", "efficientnet-lite0", "none")
+    config, _ = planner.resolve_auto(TrainConfig(dataset="d", out="r", encoder="resnet18"))
+    assert (config.model, config.encoder, config.encoder_weights) == ("smp-unet", "resnet18", "none")
+    monkeypatch.setattr(planner, "pretrained_seconds_per_step", _fake_pretrained)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m", encoder_weights="none"),
+                                 info, info.stems(), {"encoder_weights"})
+    assert (plan.config.model, plan.config.encoder_weights) == ("smp-unet", "none")
+    assert any("encoder options" in r for r in plan.reasons)

@@ -137,13 +137,15 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_tta_flags(p: argparse.ArgumentParser) -> None:
+def _add_tta_flags(p: argparse.ArgumentParser, scales: bool = True, where: str = "") -> None:
+    """Add --tta / --no-tta (None = as training chose) and, with `scales`, --tta-scales."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("--tta", dest="tta", action="store_true", default=None,
-                       help="test-time augmentation: also predict the mirrored photo and average (about 2x slower); "
-                            "default: as training chose on validation (config.json \"tta\")")
+                       help=f"test-time augmentation{where}: also predict the mirrored photo and average (about 2x "
+                            "slower); default: as training chose on validation (config.json \"tta\")")
     group.add_argument("--no-tta", dest="tta", action="store_false", help="never mirror, whatever training chose")
-    p.add_argument("--tta-scales", default="1", help="comma list of size factors to average over, e.g. 0.75,1,1.25")
+    if scales:
+        p.add_argument("--tta-scales", default="1", help="comma list of size factors to average over, e.g. 0.75,1,1.25")
 
 
 def _scales(text: str) -> list[float]:
@@ -248,10 +250,7 @@ def _add_export(sub: Any) -> None:
                    help="graph outputs: mask (H, W) uint8, probs (K, H, W) float32, or both (default)")
     p.add_argument("--check", nargs="+", default=(), metavar="IMAGES",
                    help="photos (files, folders, globs) for the parity check (default: the run's validation photos)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--tta", dest="tta", action="store_true", default=None,
-                       help="put mirror TTA inside the graph (default: as training chose, config.json \"tta\")")
-    group.add_argument("--no-tta", dest="tta", action="store_false", help="no mirror TTA in the graph")
+    _add_tta_flags(p, scales=False, where=" inside the graph")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=_run_export)
 

@@ -128,9 +128,12 @@ def plan_training(config: TrainConfig, info: DatasetInfo, train_stems: list[str]
     if config.model == "auto" and _wants_unet(config, given):
         reasons.append("model unet: UNet options (--width, --depth or --upsample) were given")
         config = replace(config, model="unet")
+    elif config.model == "auto" and _wants_encoder(config, given):
+        reasons.append(f"model {PRETRAINED_MODEL}: encoder options (--encoder, --encoder-weights) were given")
+        config = replace(config, model=PRETRAINED_MODEL)
     if config.model == "auto":
         if lite.installed().get(PRETRAINED_ENCODER):
-            auto = replace(config, model=PRETRAINED_MODEL, encoder=PRETRAINED_ENCODER, encoder_weights="imagenet")
+            auto = replace(config, model=PRETRAINED_MODEL, encoder_weights="imagenet")
             plan = _plan_pretrained(auto, stats, budget, given, reasons, info.num_classes, fallback=True)
             if plan is not None:
                 return plan
@@ -275,9 +278,12 @@ def resolve_auto(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     if config.model == "auto" and _wants_unet(config, set(config.given)):
         config = replace(config, model="unet")
         notes.append("model unet from scratch: UNet options (--width, --depth or --upsample) were given")
+    elif config.model == "auto" and _wants_encoder(config, set(config.given)):
+        config = replace(config, model=PRETRAINED_MODEL)
+        notes.append(f"model {PRETRAINED_MODEL} with encoder {config.encoder}: encoder options were given")
     if config.model == "auto":
         if lite.installed().get(PRETRAINED_ENCODER):
-            config = replace(config, model=PRETRAINED_MODEL, encoder=PRETRAINED_ENCODER)
+            config = replace(config, model=PRETRAINED_MODEL)
             notes.append(f"model {PRETRAINED_MODEL} with the ImageNet-pretrained {PRETRAINED_ENCODER} encoder")
         else:
             config = replace(config, model="unet")
@@ -298,3 +304,12 @@ def _wants_unet(config: TrainConfig, given: set[str]) -> bool:
     unet_only = ("width", "depth", "upsample")
     defaults = TrainConfig()
     return bool(given & set(unet_only)) or any(getattr(config, k) != getattr(defaults, k) for k in unet_only)
+
+
+def _wants_encoder(config: TrainConfig, given: set[str]) -> bool:
+    """Return True when `--model auto` came with an encoder or its weights chosen by the user: they are
+    kept, on the pretrained default's decoder, instead of being replaced by the default encoder."""
+    encoder_options = ("encoder", "encoder_weights")
+    defaults = TrainConfig()
+    return bool(given & set(encoder_options)) or any(getattr(config, k) != getattr(defaults, k)
+                                                     for k in encoder_options)

@@ -168,8 +168,12 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
         elapsed_before = checkpoint.resume(training, state) if state is not None else 0.0
         training.clock = _start_clock(config, started, elapsed_before, training.steps_per_epoch)
         training.ctx.model.train()
+        if training.clock.finished(training.step) and training.epoch == 0:
+            log.warning("the time budget was spent before training started (decoding and set-up took %.0fs); "
+                        "training one step so that the run has weights. Give a longer --time-budget.",
+                        time.perf_counter() - started)
         with checkpoint.stop_requests(training):
-            while not training.clock.finished(training.step):
+            while training.epoch == 0 or not training.clock.finished(training.step):
                 _train_one_epoch(training, progress)
                 improved = _validate_and_keep_best(training) if _validation_due(training) else False
                 _write_progress(training, improved)

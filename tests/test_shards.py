@@ -89,7 +89,7 @@ def test_sharded_evaluation_merges_into_the_single_summary(tiny_run: Path, tmp_p
     assert merged["num_images"] == single["num_images"] == 8
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     two = json.loads((tmp_path / "sharded" / "summary.json").read_text())
-    assert one.pop("ece") == pytest.approx(two.pop("ece"), rel=1e-12)  # float sums added in another order
+    assert one.pop("ece") == pytest.approx(two.pop("ece"), rel=1e-8)  # float sums added in another order
     assert one == two
     assert (tmp_path / "one" / "per_image.csv").read_bytes() == (tmp_path / "sharded" / "per_image.csv").read_bytes()
 

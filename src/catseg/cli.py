@@ -7,6 +7,7 @@ message and exit status 2 (a traceback means a bug).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -122,18 +123,37 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model on a dataset folder -> run folder",
                        description="Train a segmentation model; writes a self-describing run folder.")
     add_dataclass_flags(p, TrainConfig)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train with this many processes of this machine (one per GPU; on CPUs they share the cores): "
+                        "starts `torchrun --standalone --nproc-per-node N -m catseg train ...`. For several machines "
+                        "run torchrun yourself (README: More than one machine). --batch-size is per process")
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from catseg.train import fit
+    import os
 
     fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli") is not False]
     given = [f.name for f in fields if hasattr(args, f.name) and f.name not in ("dataset", "out")]
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}, given=given)
-    with progress_bar() as bar:
-        result = fit(config.validate(), progress=bar)
-    print(result.summary())
+    config.validate()
+    if args.nproc < 1:
+        raise CatsegError(f"--nproc {args.nproc}: at least 1")
+    if args.nproc > 1 and "RANK" not in os.environ:
+        from catseg.distributed import torchrun_command
+
+        command = torchrun_command(args.argv, args.nproc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)  # torchrun takes over this process; its exit status is the command's
+        return 1  # not reached: execv returns only by raising
+    from catseg.train import fit
+
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone draws and prints
+    with progress_bar() if main_rank else contextlib.nullcontext() as bar:
+        result = fit(config, progress=bar)
+    if main_rank:
+        print(result.summary())
     return 0
 
 
@@ -413,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc`, which restarts under torchrun
     try:
         return int(args.handler(args))
     except CatsegError as exc:

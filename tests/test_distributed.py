@@ -165,3 +165,21 @@ def test_resume_needs_the_same_number_of_processes(tmp_path: Path) -> None:
     Dist(rank=1, world=2).check_resume(tmp_path)
     with pytest.raises(CatsegError, match="resume it with 2"):
         Dist().check_resume(tmp_path)
+
+
+@pytest.mark.parametrize("name, kwargs", [("unet", {"width": 4, "depth": 2}),
+                                          ("smp-unet", {"encoder": "tu-efficientnet_b0", "encoder_weights": "none"})])
+def test_sync_batchnorm_keeps_the_weights_and_their_names(name: str, kwargs: dict) -> None:
+    from catseg.distributed import sync_batchnorm
+    from catseg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=3, num_classes=2, **kwargs).eval()
+    params = {id(p) for p in model.parameters()}
+    x = torch.rand(1, 3, 64, 64)
+    before, keys = model(x), list(model.state_dict())
+    synced = sync_batchnorm(model)
+    norms = [m for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert list(synced.state_dict()) == keys and {id(p) for p in synced.parameters()} == params
+    assert torch.equal(synced(x), before)  # evaluation needs no process group; BatchNormAct kept its activation

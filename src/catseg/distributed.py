@@ -164,8 +164,7 @@ class Dist:
             return ctx
         model = ctx.model
         if self.uses_sync_batchnorm(ctx.device, batch_size):
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            ctx.forward.model = model
+            model = ctx.forward.model = sync_batchnorm(model)
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
         return replace(ctx, forward=Forward(ddp, ctx.device, ctx.forward.dtype, ctx.forward.channels_last))
@@ -228,6 +227,16 @@ class Dist:
         return {"world_size": self.world, "backend": self.backend, "nodes": max(1, self.world // self.local_world),
                 "per_device_batch": batch_size, "global_batch": batch_size * self.world,
                 "sync_batchnorm": self.uses_sync_batchnorm(device, batch_size)}
+
+
+def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Return `model` with every BatchNorm made a SyncBatchNorm that keeps its parameters and buffers (the same
+    tensors: an optimizer made before still holds them) and its state-dict names, so the saved weights load into
+    the plain model. timm's converter also turns timm's BatchNormAct2d (smp's tu-* encoders) into
+    SyncBatchNormAct; torch's own would make it a plain SyncBatchNorm and silently drop the activation."""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
 
 
 class SharedClock(Clock):

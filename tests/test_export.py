@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime", reason="the export tests need the 'export' ex
 import onnx
 
 from catseg.errors import CatsegError
-from catseg.export import MIN_AGREEMENT, ONNX_FORMAT, build_graph, export_onnx, onnx_bytes, session_from
+from catseg.export import CHECK_SIZES, MIN_AGREEMENT, ONNX_FORMAT, build_graph, export_onnx, onnx_bytes, session_from
 from catseg.graph import AdaptiveAvgPool2dGraph, PhotoGraph, resize_like_cv2
 from catseg.models import create_model, list_models, preprocessing_for, save_weights
 from catseg.predict import Predictor, predict_files
@@ -196,17 +196,19 @@ def _write_run(root: Path, name: str, resize: str, classes: int = 2, seed: int =
                                   for n in list_models()])  # the smp models take 3-8 s each on 2 cores
 def test_every_registered_model_exports_with_parity(name: str, tmp_path: Path) -> None:
     """The contract: each registered model, tiny random weights, both size policies, sizes that are and
-    are not multiples of 32. Random weights leave the classes nearly tied almost everywhere, so a resize
-    tie rounded the other way flips more pixels than a trained model's would: 99.5% here, 99.9% for runs."""
+    are not multiples of 32, and the area factors of 2.5 whose ties once rounded differently in onnxruntime.
+    Random weights leave the classes nearly tied almost everywhere, so this holds the graph to the same bar
+    as a trained run's."""
     for resize in ("stretch", "scale"):
         run = _write_run(tmp_path / resize, name, resize, classes=3)
-        report = export_onnx(run, threads=1, min_agreement=0.995, check_sizes=((97, 131), (96, 128), (150, 41)))
+        report = export_onnx(run, threads=1, check_sizes=((97, 131), (96, 128), (150, 41), (160, 100)))
+        assert report.required == MIN_AGREEMENT
         assert max(p.max_prob_diff for p in report.parity) < 5e-3, report.summary()
 
 
 def test_check_photos_are_used_for_parity(scale_run: Path, tiny_dataset: Path) -> None:
     report = export_onnx(scale_run, check=[str(tiny_dataset / "images")], threads=1)
-    assert report.parity[0].name == "img00.png" and len(report.parity) == 4 + 5
+    assert report.parity[0].name == "img00.png" and len(report.parity) == 4 + len(CHECK_SIZES)
 
 
 def test_no_tta_exports_without_mirroring(scale_run: Path, tmp_path: Path) -> None:

@@ -322,7 +322,7 @@ def test_onnx_backend_fails_loudly_never_falls_back(stretch_run: Path, tmp_path:
     path = export_onnx(stretch_run, tmp_path / "m.onnx", outputs="mask", threads=1).path
     with pytest.raises(CatsegError, match="exported with --outputs mask.*--format prob"):
         predict_files(path, [str(photos)], tmp_path / "a", ("mask", "prob"))
-    with pytest.raises(CatsegError, match="runs on the onnx backend"):
+    with pytest.raises(CatsegError, match="runs on the onnx or openvino backend"):
         predict_files(path, [str(photos)], tmp_path / "b", backend="torch")
     with pytest.raises(CatsegError, match="mirror TTA is on inside this file"):
         predict_files(path, [str(photos)], tmp_path / "c", tta=False)

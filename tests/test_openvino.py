@@ -97,3 +97,12 @@ def test_openvino_fails_loudly_never_falls_back(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(CatsegError, match=r"pip install 'catseg\[openvino\]'"):
         open_predictor(run, backend="openvino")
     assert not (run / "model.onnx").exists()  # refused before exporting anything
+
+
+def test_the_app_names_the_openvino_backend(tmp_path: Path) -> None:
+    from catseg.app import Segmenter
+
+    run = Path(shutil.copytree(FIXTURES / "run-v1-stretch-3class", tmp_path / "run"))
+    segmenter = Segmenter(run, backend="openvino", threads=1)
+    assert segmenter.info()["backend"] == "openvino"
+    assert segmenter.predictor.predict(_photo(40, 30)).shape == (40, 30)

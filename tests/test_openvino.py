@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("onnxruntime", reason="the openvino backend needs the 'openvino' extra: pip install 'catseg[openvino]'")
-pytest.importorskip("openvino", reason="the openvino backend needs the 'openvino' extra: pip install 'catseg[openvino]'")
+EXTRA = "the openvino backend needs the 'openvino' extra: pip install 'catseg[openvino]'"
+pytest.importorskip("onnxruntime", reason=EXTRA)
+pytest.importorskip("openvino", reason=EXTRA)
 
 from catseg.errors import CatsegError
 from catseg.export import CHECK_SIZES, MIN_AGREEMENT, export_onnx

@@ -77,7 +77,7 @@ class Segmenter:
 
         self.predictor = open_predictor(source, backend, device=device, threads=threads)
         self.torch = isinstance(self.predictor, Predictor)
-        self.backend = "torch" if self.torch else "onnx"
+        self.backend = "torch" if self.torch else {"openvino": "openvino"}.get(self.predictor.runtime, "onnx")
         self.name = Path(source).name
         self.max_pixels = max_pixels
         self.classes: list[str] = self.predictor.classes

@@ -30,7 +30,8 @@ from catseg.shards import Shard
 log = logging.getLogger(__name__)
 
 FORMATS = ("mask", "overlay", "prob", "npy", "labelme")
-BACKENDS = ("torch", "onnx")  # PyTorch eager, or onnxruntime on the run's (or a given file's) ONNX export
+# PyTorch eager; onnxruntime on the run's (or a given file's) ONNX export; OpenVINO on that same file.
+BACKENDS = ("torch", "onnx", "openvino")
 
 
 class Predictor:
@@ -260,8 +261,9 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     """Predict every input photo and write the chosen formats into out_dir; return the written paths.
 
     `run_dir` is a run folder, or a .onnx file written by `catseg export`. `backend` "torch" (PyTorch, the
-    default for a run folder) or "onnx" (onnxruntime: the file given, or the run's own RUN/model.onnx,
-    exported on first use); None picks by what `run_dir` is. Either backend writes the same formats.
+    default for a run folder), "onnx" (onnxruntime: the file given, or the run's own RUN/model.onnx,
+    exported on first use) or "openvino" (OpenVINO on that same file); None picks by what `run_dir` is.
+    Every backend writes the same formats.
     Every output name is checked before anything is written, so a refusal leaves no partial output.
     With the labelme format (polygons shaped by `labelme`), photos whose <stem>.json is already in
     out_dir are skipped (and logged) unless force, and out_dir gets a labels.txt for `catseg convert --labels`.
@@ -373,8 +375,9 @@ def _predict_chunk(predictor: Any, images: Sequence[np.ndarray], threshold: floa
 
 def open_predictor(source: str | Path, backend: str | None = None, device: str = "auto", tta: bool | None = None,
                    tta_scales: Sequence[float] = (1.0,), threads: int = 0) -> Any:
-    """Return a Predictor (backend "torch") or a catseg.onnx_backend.OnnxPredictor (backend "onnx") for a run
-    folder or an exported .onnx file, logging which backend runs; never falls back from one to the other."""
+    """Return a Predictor (backend "torch") or a catseg.onnx_backend.OnnxPredictor (backend "onnx", or
+    "openvino": the same file run by OpenVINO) for a run folder or an exported .onnx file, logging which
+    backend runs; never falls back from one to another."""
     source = Path(source)
     is_file = source.suffix.lower() == ".onnx"
     backend = backend or ("onnx" if is_file else "torch")
@@ -382,8 +385,8 @@ def open_predictor(source: str | Path, backend: str | None = None, device: str =
         raise CatsegError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
         if is_file:
-            raise CatsegError(f"{source}: an exported ONNX file runs on the onnx backend; drop --backend torch, "
-                              "or give the run folder it came from")
+            raise CatsegError(f"{source}: an exported ONNX file runs on the onnx or openvino backend; drop "
+                              "--backend torch, or give the run folder it came from")
         predictor = Predictor.from_run(source, device=device, tta=tta, tta_scales=tta_scales)
         log.info("backend: PyTorch %s on %s (%s)", torch.__version__, predictor.device,
                  precision_name(predictor.forward.dtype))
@@ -392,14 +395,20 @@ def open_predictor(source: str | Path, backend: str | None = None, device: str =
 
     problems = []
     if device == "cuda":
-        problems.append("--device cuda: the onnx backend runs onnxruntime on the CPU; use --backend torch for a GPU")
+        problems.append(f"--device cuda: the {backend} backend runs on the CPU; use --backend torch for a GPU")
     if tuple(tta_scales) != (1.0,):
-        problems.append("--tta-scales: the onnx backend predicts at the working size only; use --backend torch")
+        problems.append(f"--tta-scales: the {backend} backend predicts at the working size only; use --backend torch")
     if problems:
-        raise CatsegError("cannot predict with the onnx backend", problems)
+        raise CatsegError(f"cannot predict with the {backend} backend", problems)
+    runtime = "onnxruntime"
+    if backend == "openvino":
+        from catseg.openvino_runtime import require_openvino
+
+        require_openvino()  # before any export: a missing extra is the user's one problem
+        runtime = "openvino"
     if not is_file:
-        return open_run_export(source, tta=tta, threads=threads)
-    predictor = OnnxPredictor(source, threads)
+        return open_run_export(source, tta=tta, threads=threads, runtime=runtime)
+    predictor = OnnxPredictor(source, threads, runtime)
     if tta is not None and tta != predictor.info.flip:
         raise CatsegError(f"{source}: mirror TTA is {'on' if predictor.info.flip else 'off'} inside this file; "
                           f"--{'no-' if not tta else ''}tta cannot change it. Export again with "

@@ -148,7 +148,6 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
     state: dict[str, Any] | None = None
     if config.resume:
         config, state = checkpoint.load_resume(Path(config.out), config)
-        dist.check_resume(Path(config.out))
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
     config, plan_doc = dist.main_decides(lambda: _plan(config, info, train_stems))

@@ -276,11 +276,11 @@ def _tally(info: DatasetInfo, rel: str, counts: dict[int, int], area: int, repor
     for value, n in labelled.items():
         report.class_pixels[value] += n
         report.class_images[value] += 1
-        if value != 0:
+        if value != info.background:
             object_fractions.append(n / area)
     if not labelled:
         report.all_ignore_masks.append(rel)
-    elif set(labelled) == {0}:
+    elif set(labelled) == {info.background}:
         report.empty_masks.append(rel)
 
 

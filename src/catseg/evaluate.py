@@ -74,7 +74,8 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
     if report:
         from catseg.report import ReportCollector  # matplotlib, only when asked
 
-        collector = ReportCollector(info.classes, info.colors, info.ignore_index, report_worst)
+        collector = ReportCollector(info.classes, info.colors, info.ignore_index, report_worst,
+                                    predictor.config.background)
     for i, stem in enumerate(stems):
         image, mask = read_image(info.image_path(stem)), read_mask(info.mask_path(stem))
         if image.shape[:2] != mask.shape:

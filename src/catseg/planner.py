@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catseg.classes import objects
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo
 from catseg.hardware import Forward, resolve_device, resolve_precision
@@ -65,7 +66,7 @@ class DataStats:
 
     images: int
     median_short_side: int
-    median_object_fraction: float  # median share of the image covered by one foreground class
+    median_object_fraction: float  # median share of the image covered by one class but background
     rarest_class_fraction: float  # smallest share of labelled pixels among the classes
 
 
@@ -90,7 +91,7 @@ def data_stats(info: DatasetInfo, stems: list[str], sample: int = 200) -> DataSt
         mask = read_mask(info.mask_path(stem))
         hist = np.bincount(mask.ravel(), minlength=256)[: info.num_classes]
         counts += hist
-        fractions += [h / mask.size for h in hist[1:] if h > 0]
+        fractions += [hist[c] / mask.size for c in objects(info.num_classes, info.background) if hist[c] > 0]
     labelled = counts.sum() or 1
     return DataStats(len(stems), int(np.median(shorts)), float(np.median(fractions)) if fractions else 0.0,
                      float(counts.min() / labelled))

@@ -147,7 +147,7 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
             colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, preprocess=pre,
             train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
                    "workers_used": workers, "threads_used": used_threads, "plan": plan_doc},
-            versions=versions(), dataset=str(Path(config.dataset).resolve()))
+            versions=versions(), dataset=str(Path(config.dataset).resolve()), background=info.background)
         training = _set_up(config, info, RunFolder(run_dir, run_config), train_cache, val_cache,
                            Forward(_new_model(config, info, kwargs, device), device, dtype), workers)
         training.folder.write_splits(train_stems, val_stems)
@@ -286,7 +286,7 @@ def _validation_due(t: Training) -> bool:
 def _validate_and_keep_best(t: Training) -> bool:
     """Validate, add the metrics.csv row, keep the weights if they are the best so far; return whether."""
     val_start = time.perf_counter()
-    val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size)
+    val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size, t.info.background)
     t.val_seconds += time.perf_counter() - val_start
     w = t.window
     row = {"epoch": t.epoch, "steps": w.steps, "train_loss": w.loss_sum / max(1, w.images), **val,
@@ -332,7 +332,7 @@ def _finish(t: Training, started: float) -> FitResult:
     if not (t.folder.root / WEIGHTS).is_file():
         t.folder.save_best(model, t.best, t.history, t.epoch)
     load_weights(model, t.folder.root / WEIGHTS)
-    mirror, cleanup, tried = choose_finish(t.ctx, t.val_cache, t.best.threshold)
+    mirror, cleanup, tried = choose_finish(t.ctx, t.val_cache, t.best.threshold, t.info.background)
     t.best.postprocess_val_miou = tried
     log.info("on validation (mIoU): %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
     log.info("prediction will use: %s%s", "mirror test-time augmentation, " if mirror else "",

@@ -9,18 +9,19 @@ import numpy as np
 import torch
 
 from catseg.cache import CachedSample, stack_batch
-from catseg.calibration import CalibrationAccumulator, ThresholdSearch
+from catseg.calibration import CalibrationAccumulator, ThresholdSearch, threshold_target
 from catseg.metrics import MetricAccumulator
 from catseg.postprocess import Postprocess, choose_postprocess
 from catseg.steps import StepContext
 
 
 @torch.inference_mode()
-def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int) -> dict[str, Any]:
+def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int,
+             background: int | None = 0) -> dict[str, Any]:
     ctx.model.eval()
     metrics = MetricAccumulator(ctx.num_classes, list(classes), ctx.ignore_index)
     calibration = CalibrationAccumulator()
-    thresholds = ThresholdSearch() if ctx.num_classes == 2 else None
+    thresholds = ThresholdSearch(target=threshold_target(background)) if ctx.num_classes == 2 else None
     loss_sum, count = 0.0, 0
     for images, masks in validation_batches(samples, batch_size, ctx.pre.whole_image):
         y = masks.to(ctx.device)
@@ -43,8 +44,8 @@ def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequenc
 
 
 @torch.inference_mode()
-def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None
-                  ) -> tuple[bool, Postprocess, dict[str, float]]:
+def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None,
+                  background: int | None = 0) -> tuple[bool, Postprocess, dict[str, float]]:
     """Return (mirror TTA on?, mask clean-up, every candidate's mIoU), chosen on the validation photos at the
     working scale. Mirroring is kept when averaging with the flipped photo raises validation mIoU; the
     clean-up is then chosen on those predictions. Doing nothing wins ties."""
@@ -59,8 +60,10 @@ def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: 
             preds[flip] += list(labels.to(torch.uint8).cpu().numpy())
         truths += list(masks.numpy().astype(np.uint8))
     ctx.model.train()
-    plain_cleanup, plain_tried = choose_postprocess(preds[False], truths, ctx.num_classes, ctx.ignore_index)
-    flip_cleanup, flip_tried = choose_postprocess(preds[True], truths, ctx.num_classes, ctx.ignore_index)
+    plain_cleanup, plain_tried = choose_postprocess(preds[False], truths, ctx.num_classes, ctx.ignore_index,
+                                                    background=background)
+    flip_cleanup, flip_tried = choose_postprocess(preds[True], truths, ctx.num_classes, ctx.ignore_index,
+                                                  background=background)
     tried = {**plain_tried, **{f"mirror-tta+{k}" if k != "none" else "mirror-tta": v for k, v in flip_tried.items()}}
     if max(flip_tried.values()) > max(plain_tried.values()) + 1e-4:
         return True, flip_cleanup, tried

@@ -17,6 +17,7 @@ from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable
 from catseg.images import read_image, read_mask
 from catseg.metrics import MetricAccumulator
+from catseg.objects import ObjectRecall, format_object_recall
 from catseg.predict import Predictor
 from catseg.run import read_run_config, read_splits
 
@@ -69,6 +70,7 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
         raise CatsegError(f"{dataset_dir}: classes {info.classes} differ from the run's {predictor.classes}; "
                           "evaluate on a dataset with the same classes.")
     metrics = MetricAccumulator(info.num_classes, info.classes, info.ignore_index)
+    found = ObjectRecall(info.classes, predictor.config.background)
     calibration = CalibrationAccumulator()
     collector = None
     if report:
@@ -83,12 +85,14 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
         probs = predictor.predict_proba(image)
         pred = predictor.labels_from_proba(probs, threshold)
         metrics.update(pred, mask, name=stem)
+        found.update(pred, mask)
         calibration.update(probs, _tensor(mask), info.ignore_index)
         if collector is not None:
             collector.update(stem, image, mask, probs, pred, info.image_path(stem), info.mask_path(stem))
         if (i + 1) % 50 == 0:
             log.info("evaluated %d/%d", i + 1, len(stems))
     summary = metrics.summary()
+    summary["objects"] = found.summary()
     used = threshold if threshold is not None else predictor.config.threshold
     summary.update({"run": str(run_dir), "dataset_dir": str(dataset_dir), "split": split_name,
                     "threshold": used if info.num_classes == 2 else None, "ece": _clean(calibration.ece()),
@@ -126,20 +130,28 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """Return a readable table of a summary: per-class IoU and Dice, both reductions."""
+    """Return a readable table of a summary: per-class IoU and Dice (both reductions), worst IoU first,
+    then the largest confusions between classes and the objects found by size."""
     def f(v: Any) -> str:
         return "   n/a" if v is None else f"{v:6.4f}"
 
     lines = [f"{summary['num_images']} images ({summary['split']}) of {summary['dataset_dir']}",
-             f"{'class':20s} {'IoU':>7s} {'Dice':>7s}   {'IoU/img':>7s} {'Dice/img':>8s}"]
-    for name in summary["classes"]:
-        d, p = summary["dataset"]["per_class"][name], summary["per_image"]["per_class"][name]
-        lines.append(f"{name:20s} {f(d['iou']):>7s} {f(d['dice']):>7s}   {f(p['iou']):>7s} {f(p['dice']):>8s}")
-    lines.append(f"{'mean':20s} {f(summary['dataset']['miou']):>7s} {f(summary['dataset']['mdice']):>7s}   "
+             f"{'class (worst IoU first)':24s} {'IoU':>7s} {'Dice':>7s}   {'IoU/img':>7s} {'Dice/img':>8s}"]
+    per_class = summary["dataset"]["per_class"]
+    for name in sorted(summary["classes"], key=lambda n: (per_class[n]["iou"] is None, per_class[n]["iou"] or 0)):
+        d, p = per_class[name], summary["per_image"]["per_class"][name]
+        lines.append(f"{name:24s} {f(d['iou']):>7s} {f(d['dice']):>7s}   {f(p['iou']):>7s} {f(p['dice']):>8s}")
+    lines.append(f"{'mean over classes':24s} {f(summary['dataset']['miou']):>7s} {f(summary['dataset']['mdice']):>7s}   "
                  f"{f(summary['per_image']['miou']):>7s} {f(summary['per_image']['mdice']):>8s}")
+    if summary.get("top_confusions"):
+        lines.append("largest confusions (share of the true class's pixels): " + ", ".join(
+            f"{c['truth']} as {c['predicted']} {c['share']:.1%}" for c in summary["top_confusions"]))
+    if summary.get("objects"):
+        lines += format_object_recall(summary["objects"])
     lines.append(f"pixel accuracy {f(summary['dataset']['pixel_accuracy'])}, calibration error (ECE) "
                  f"{f(summary.get('ece'))}" + (f", threshold {summary['threshold']:.2f}"
                                               if summary.get("threshold") is not None else "")
                  + (", mirror TTA" if summary.get("tta", {}).get("flip") else ""))
-    lines.append(f"(dataset-wide: pixels summed over all images; /img: mean over images)\nwritten to {summary['out_dir']}")
+    lines.append(f"(dataset-wide: pixels summed over all images, ignored pixels left out; /img: mean over images)\n"
+                 f"written to {summary['out_dir']}")
     return "\n".join(lines)

@@ -38,6 +38,15 @@ def declared_problem(declared: Any, num_classes: int) -> str | None:
     return None
 
 
+RARE_SHARE = 0.02  # a class (not background) under this share of the labelled pixels is rare
+
+
+def rare(counts: Sequence[int], background: int | None) -> list[int]:
+    """Return the ids of the rare classes given each class's labelled pixel count."""
+    total = sum(int(c) for c in counts) or 1
+    return [c for c in objects(len(counts), background) if int(counts[c]) / total < RARE_SHARE]
+
+
 def objects(classes: Sequence[str] | int, background: int | None) -> list[int]:
     """Return the ids of the classes that make objects: every class but background."""
     ids = range(classes) if isinstance(classes, int) else range(len(classes))

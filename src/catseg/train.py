@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from catseg.augment import AugmentedDataset, cache_side, seed_worker
+from catseg.augment import AugmentedDataset, cache_side, rare_class_ids, seed_worker
 from catseg.cache import CachedSample, cache_fits_in_memory, cache_samples
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, choose_split, read_dataset
@@ -208,7 +208,8 @@ def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cac
     optimizer = torch.optim.AdamW(param_groups(forward.model, config), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if forward.dtype == torch.float16 else None
     ctx = StepContext(forward, pre, loss_fn, info.num_classes, info.ignore_index, scaler)
-    dataset = AugmentedDataset(train_cache, pre, config.augment, info.ignore_index, config.seed)
+    focus = rare_class_ids(train_cache, info.num_classes, info.background) if config.oversample else []
+    dataset = AugmentedDataset(train_cache, pre, config.augment, info.ignore_index, config.seed, focus, config.oversample)
     if len(dataset) < 2:
         # BatchNorm cannot normalise a batch of one image (pooling layers see one value per channel).
         raise CatsegError(f"{info.root}: {len(dataset)} training image after the validation split; "

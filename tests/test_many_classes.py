@@ -109,6 +109,7 @@ def test_thin_classes_raise_the_unet_floor(info, monkeypatch: pytest.MonkeyPatch
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="2m"), info,
                                  info.stems(), {"model"})
     assert plan.config.size == 256 and plan.config.oversample == planner.OVERSAMPLE
+    assert plan.config.width == 16  # the narrow width at the floor, not only the widest candidate
 
 
 def test_pets_keep_their_plan(info, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -217,14 +217,17 @@ def _plan_unet(config: TrainConfig, stats: DataStats, budget: float, given: set[
     if ceiling < min(stats.median_short_side, 256):
         reasons.append(f"sizes up to {ceiling}px: the median object spans about {OBJECT_SPAN}px there; more "
                        "resolution would cost steps")
+    pairs = CANDIDATES
     if "size" not in given:
         thin, why = thin_floor(stats, sorted({s for s, _ in CANDIDATES if floor <= s <= ceiling}) or [floor])
         if why:
             floor = thin
             reasons.append(why)
+            # the narrow width at the floor too, so that thin objects do not also force the widest model
+            pairs = tuple(sorted(set(CANDIDATES) | {(thin, 16)}, key=lambda p: p[0] * p[0] * p[1]))
     sizes = [config.size] if "size" in given else None
     widths = [config.width] if "width" in given else None
-    candidates = [(s, w) for s, w in CANDIDATES
+    candidates = [(s, w) for s, w in pairs
                   if (sizes is None or s in sizes) and (widths is None or w in widths) and floor <= s <= ceiling]
     if not candidates:
         candidates = [(config.size if sizes else min(ceiling, 256), config.width if widths else 16)]

@@ -97,6 +97,7 @@ def test_thin_and_rare_classes_shape_the_pretrained_plan(info, monkeypatch: pyte
     assert any("Pole objects are typically" in r for r in plan.reasons)
     assert c.class_weights == "auto" and c.oversample == planner.OVERSAMPLE
     assert any(r.startswith("oversample 0.33") and "Bicyclist" in r for r in plan.reasons)
+    assert any(r.startswith("loss dice+ce kept") for r in plan.reasons)
     assert plan.to_json()["oversample"] == planner.OVERSAMPLE
     given = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m", size=160, oversample=0.0),
                                   info, info.stems(), {"size", "oversample"}).config
@@ -164,3 +165,8 @@ def test_real_camvid_statistics(tmp_path: Path) -> None:
     assert stats.rare_classes == ["Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist"]
     assert 4.5 / 480 < stats.thin_width < 6.5 / 480  # poles: 5-5.6 px wide (area-weighted) in 480 px photos
     assert planner.thin_floor(stats, planner.PRETRAINED_SIZES)[0] in (256, 288)  # depending on the masks sampled
+
+
+def test_a_mask_of_one_class_has_a_finite_width() -> None:
+    widths, areas = object_widths(np.full((10, 20), 3, np.uint8), [3])[3]
+    assert np.isfinite(widths).all() and areas.tolist() == [200]

@@ -107,6 +107,7 @@ def object_widths(mask: np.ndarray, class_ids: Sequence[int]) -> dict[int, tuple
     edge[:, 1:] |= padded[:, 1:] != padded[:, :-1]
     # Distance to the nearest edge pixel, +1 because edge pixels themselves belong to their object.
     depth = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1] + 1
+    depth = np.minimum(depth, max(mask.shape))  # one value everywhere: no edge, and no object is wider
     out = {}
     for c in class_ids:
         present = mask == c

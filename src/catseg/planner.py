@@ -143,6 +143,9 @@ def _plan_rare(stats: DataStats, given: set[str], reasons: list[str]) -> dict[st
         why = (f"{', '.join(stats.rare_classes)} each under {100 * RARE_SHARE:g}% of pixels" if stats.rare_classes
                else f"the rarest class is {100 * stats.rarest_class_fraction:.1f}% of pixels")
         reasons.append(f"class weights auto: {why}")
+    if "loss" not in given and stats.rare_classes:
+        reasons.append("loss dice+ce kept: its Dice term weighs every class alike, as class-mean IoU does, where "
+                       "cross-entropy alone would favour the common classes")
     if "oversample" not in given and stats.rare_classes:
         changes["oversample"] = OVERSAMPLE
         reasons.append(f"oversample {OVERSAMPLE:g}: a third of the training crops are centred on a pixel of "

@@ -18,7 +18,12 @@ from catseg.check import check_dataset
 from catseg.classes import background_id
 from catseg.data import DatasetWriter, dataset_json, read_dataset
 from catseg.errors import CatsegError
-from catseg.postprocess import Postprocess, choose_postprocess, fill_holes, remove_small_components
+from catseg.postprocess import (
+    Postprocess,
+    choose_postprocess,
+    fill_holes,
+    remove_small_components,
+)
 from catseg.predict import overlay
 from catseg.preprocess import Preprocess
 from catseg.run import RunConfig

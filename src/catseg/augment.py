@@ -7,8 +7,8 @@ oversample_foreground_percent does, and then augmented as usual.
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import random
 from collections.abc import Sequence
 

@@ -77,9 +77,8 @@ def format_object_recall(doc: dict[str, Any]) -> list[str]:
     names = list(doc["buckets"])
     width = max([len("all classes")] + [len(c) for c in doc["per_class"]])
     sizes = ", ".join(f"{n} {doc['buckets'][n]}" for n in names)
-    lines = [f"objects found (>= {doc['found_share']:.0%} of an object's pixels predicted as its class), by size "
-             f"({sizes}):",
-             f"  {'class':{width}s} " + " ".join(f"{n:>16s}" for n in names)]
+    title = f"objects found (>= {doc['found_share']:.0%} of an object's pixels predicted as its class), by size ({sizes}):"
+    lines = [title, f"  {'class':{width}s} " + " ".join(f"{n:>16s}" for n in names)]
     rows = list(doc["per_class"].items()) + [("all classes", doc["all"])]
     for name, cells in rows:
         lines.append(f"  {name:{width}s} " + " ".join(f"{_cell(cells[n]):>16s}" for n in names))

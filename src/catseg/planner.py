@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from catseg.classes import RARE_SHARE, objects, rare
-from catseg.objects import object_widths, typical_width
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo
 from catseg.hardware import Forward, resolve_device, resolve_precision
 from catseg.images import open_image, read_mask
 from catseg.losses import SegmentationLoss
 from catseg.models import create_model, lite, preprocessing_for
+from catseg.objects import object_widths, typical_width
 from catseg.preprocess import Preprocess
 from catseg.steps import StepContext, step_seconds
 

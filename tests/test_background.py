@@ -154,3 +154,37 @@ def test_statistics_count_class_0_as_objects_when_it_is_real(tmp_path: Path) -> 
     assert planner.data_stats(pets, pets.stems()).median_object_fraction == pytest.approx(0.5)  # the pet only
     assert check_dataset(pets.root).empty_masks == ["masks/a.png"]
     assert json.loads((pets.root / "dataset.json").read_text()).get("background") is None
+
+
+def test_predict_labelme_and_overlays_of_a_run_without_background_round_trip(tiny_run: Path, tmp_path: Path) -> None:
+    """The tiny run with its classes renamed so that class 0 is a real one: labelme output names it, labels.txt
+    lists it on the id-0 line, and `catseg convert` gives back the predicted masks and a dataset without
+    background."""
+    import shutil
+
+    from catseg.cli import main
+    from catseg.images import read_mask
+    from catseg.labelme import convert_labelme
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    doc = json.loads((run / "config.json").read_text())
+    doc["classes"], doc["background"], doc["threshold"] = ["sky", "square"], None, 0.5  # a two-epoch model
+    (run / "config.json").write_text(json.dumps(doc))
+    photos, out = tmp_path / "photos", tmp_path / "ann"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 120, (60, 80, 3)).astype(np.uint8)
+    image[10:40, 20:60] = 230
+    Image.fromarray(image).save(photos / "p.png")
+    assert main(["predict", str(run), str(photos), "--out", str(out), "--format", "labelme,mask,overlay"]) == 0
+    assert (out / "labels.txt").read_text() == "__ignore__\nsky\nsquare\n"
+    labels = {s["label"] for s in json.loads((out / "p.json").read_text())["shapes"]}
+    assert "_background_" not in labels and "sky" in labels
+    convert_labelme(out, tmp_path / "ds", labels_file=out / "labels.txt")
+    predicted, back = read_mask(out / "p.png"), read_mask(tmp_path / "ds" / "masks" / "p.png")
+    assert (predicted == back).mean() > 0.9  # a two-epoch model: its specks under 20 px are not drawn
+    assert read_dataset(tmp_path / "ds").background is None
+    painted = np.asarray(Image.open(out / "p_overlay.jpg")).astype(int)
+    sky = (predicted == 0) & (np.abs(painted - image).sum(-1) > 30)
+    assert sky.sum() > 0.5 * (predicted == 0).sum()  # class 0 is painted too

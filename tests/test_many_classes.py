@@ -170,3 +170,17 @@ def test_real_camvid_statistics(tmp_path: Path) -> None:
 def test_a_mask_of_one_class_has_a_finite_width() -> None:
     widths, areas = object_widths(np.full((10, 20), 3, np.uint8), [3])[3]
     assert np.isfinite(widths).all() and areas.tolist() == [200]
+
+
+@pytest.mark.slow
+def test_real_pets_get_no_floor_and_no_oversampling(tmp_path: Path) -> None:
+    from catseg.cli import main
+
+    src = SHARED_DATA / "oxford-pets-sample"
+    if not src.is_dir():
+        pytest.skip(f"the pets sample is not at {src} (the shared data)")
+    assert main(["-q", "import", "oxford-pets", str(src), str(tmp_path / "pets")]) == 0
+    info = read_dataset(tmp_path / "pets")
+    stats = planner.data_stats(info, info.stems())
+    assert info.background == 0 and stats.rare_classes == [] and stats.thin_width > 0.3  # pets fill their photos
+    assert planner.thin_floor(stats, planner.PRETRAINED_SIZES) == (planner.PRETRAINED_SIZES[0], "")

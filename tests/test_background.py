@@ -188,3 +188,11 @@ def test_predict_labelme_and_overlays_of_a_run_without_background_round_trip(tin
     painted = np.asarray(Image.open(out / "p_overlay.jpg")).astype(int)
     sky = (predicted == 0) & (np.abs(painted - image).sum(-1) > 30)
     assert sky.sum() > 0.5 * (predicted == 0).sum()  # class 0 is painted too
+
+
+def test_check_says_which_class_is_background(tmp_path: Path) -> None:
+    mask = np.zeros((8, 8), np.uint8)
+    street = check_dataset(_write(tmp_path / "street", {"a": mask}, STREET))
+    assert street.background is None and "background none: class 0 'sky'" in street.format()
+    pets = check_dataset(_write(tmp_path / "pets", {"a": mask}, ["background", "pet"]))
+    assert "background class 0 'background'" in pets.format()

@@ -166,7 +166,8 @@ class Segmenter:
         from catseg.predict import overlay
 
         buf = io.BytesIO()
-        Image.fromarray(overlay(result.image, result.mask, self.colors)).save(buf, format="PNG")
+        Image.fromarray(overlay(result.image, result.mask, self.colors, background=self.predictor.background)
+                        ).save(buf, format="PNG")
         return buf.getvalue()
 
     def mask_png(self, result: Result) -> bytes:

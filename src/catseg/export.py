@@ -165,6 +165,7 @@ def _metadata(config: RunConfig, outputs: str, flip: bool, fingerprint: str) -> 
         "catseg_format": ONNX_FORMAT, "catseg_format_version": str(ONNX_FORMAT_VERSION),
         "catseg_version": __version__, "model": config.model,
         "classes": json.dumps(config.classes), "colors": json.dumps(config.colors),
+        "background": json.dumps(config.background),
         "threshold": json.dumps(config.threshold if config.num_classes == 2 else None),
         "input": INPUT_SPEC,
         "outputs": json.dumps({"mask": ["mask"], "probs": ["probs"], "both": ["mask", "probs"]}[outputs]),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catseg.classes import AUTO, background_id
 from catseg.errors import CatsegError
 from catseg.export import ONNX_FORMAT, export_onnx, require, run_fingerprint, session_from
 from catseg.postprocess import Postprocess
@@ -41,6 +42,7 @@ class OnnxInfo:
     postprocess: dict[str, Any]
     fingerprint: str
     version: str
+    background: int | None = None  # catseg.classes; files exported before it was stored: from the names
 
     @property
     def num_classes(self) -> int:
@@ -55,7 +57,9 @@ class OnnxInfo:
             return cls(classes=list(json.loads(meta["classes"])), colors=[list(c) for c in json.loads(meta["colors"])],
                        threshold=json.loads(meta["threshold"]), flip=bool(json.loads(meta["tta"])["flip"]),
                        postprocess=dict(json.loads(meta["postprocess"])), fingerprint=meta.get("source_fingerprint", ""),
-                       version=meta.get("catseg_version", "?"))
+                       version=meta.get("catseg_version", "?"),
+                       background=background_id(json.loads(meta["classes"]),
+                                                json.loads(meta["background"]) if "background" in meta else AUTO))
         except (KeyError, TypeError, ValueError) as exc:
             raise CatsegError(f"{path}: its catseg metadata is damaged ({exc}); export the run again") from exc
 
@@ -98,6 +102,10 @@ class OnnxPredictor:
     @property
     def classes(self) -> list[str]:
         return self.info.classes
+
+    @property
+    def background(self) -> int | None:
+        return self.info.background
 
     @property
     def colors(self) -> list[list[int]]:

@@ -51,6 +51,11 @@ class Predictor:
             raise CatsegError(f"--tta-scales {','.join(map(str, self.tta_scales))}: give factors between 0.25 and 4, "
                               "e.g. 0.75,1,1.25")
 
+    @property
+    def background(self) -> int | None:
+        """The background class id, or None when every class is real (catseg.classes)."""
+        return self.config.background
+
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
                  tta_scales: Sequence[float] = (1.0,)) -> Predictor:
@@ -209,13 +214,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "class"
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
-    """Return the photo with every non-background class painted in its colour and outlined in white,
-    so that dark palette colours stay visible on dark subjects."""
+def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5,
+            background: int | None = 0) -> np.ndarray:
+    """Return the photo with every class but background (all of them when `background` is None) painted in
+    its colour and outlined in white, so that dark palette colours stay visible on dark subjects."""
     palette = np.zeros((256, 3), dtype=np.float32)
     palette[: len(colors)] = np.asarray(colors, dtype=np.float32)
     painted = palette[mask]
-    labelled = ((mask > 0) & (mask < len(colors)))[..., None]
+    labelled = ((mask != background) & (mask < len(colors)))[..., None]
     blend = np.where(labelled, (1 - alpha) * image.astype(np.float32) + alpha * painted, image.astype(np.float32))
     edges = _boundaries(mask, thickness=max(1, min(mask.shape) // 300))
     blend[edges] = 255.0
@@ -233,12 +239,12 @@ def _boundaries(mask: np.ndarray, thickness: int) -> np.ndarray:
 
 
 def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor | None, mask: np.ndarray,
-            colors: Sequence[Sequence[int]]) -> list[bytes]:
+            colors: Sequence[Sequence[int]], background: int | None = 0) -> list[bytes]:
     if fmt == "mask":
         return [mask_png_bytes(mask, colors)]
     if fmt == "overlay":
         buf = io.BytesIO()
-        Image.fromarray(overlay(image, mask, colors)).save(buf, format="JPEG", quality=92)
+        Image.fromarray(overlay(image, mask, colors, background=background)).save(buf, format="JPEG", quality=92)
         return [buf.getvalue()]
     assert probs is not None  # predict_files refuses prob/npy for a model without probabilities
     if fmt == "prob":
@@ -303,7 +309,7 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
             log.info("skipped %d photo(s) whose labelme JSON is already in %s (--force replaces them): %s",
                      len(skipped), out_dir, ", ".join(map(str, skipped)))
         plan = {f: plan[f] for f in files}
-        labels_txt = check_labels_file(out_dir, predictor.classes, force)
+        labels_txt = check_labels_file(out_dir, predictor.classes, force, predictor.background)
     _check_out_dir(every, out_dir, formats)
     existing = [p for outs in plan.values() for paths in outs.values() for p in paths if p.exists()]
     if existing and not force:
@@ -319,8 +325,8 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
         chunk, images = _decode_chunk(files[start:start + batch_size], unreadable)
         for f, image, (probs, mask) in zip(chunk, images, _predict_chunk(predictor, images, threshold)):
             for fmt, paths in plan[f].items():
-                encoded = ([_labelme_bytes(f, paths[0], mask, predictor.classes, labelme, run_dir)]
-                           if fmt == "labelme" else _encode(fmt, image, probs, mask, colors))
+                encoded = ([_labelme_bytes(f, paths[0], mask, predictor.classes, labelme, run_dir, predictor.background)]
+                           if fmt == "labelme" else _encode(fmt, image, probs, mask, colors, predictor.background))
                 for path, data in zip(paths, encoded):
                     atomic_write_bytes(path, data)
                     written.append(path)
@@ -358,8 +364,8 @@ def _check_out_dir(files: Sequence[Path], out_dir: Path, formats: Sequence[str])
 
 
 def _labelme_bytes(photo: Path, json_path: Path, mask: np.ndarray, classes: Sequence[str],
-                   options: LabelmeOptions | None, run_dir: str | Path) -> bytes:
-    doc = labelme_document(photo, json_path, mask, classes, options or LabelmeOptions(),
+                   options: LabelmeOptions | None, run_dir: str | Path, background: int | None = 0) -> bytes:
+    doc = labelme_document(photo, json_path, mask, classes, options or LabelmeOptions(), background=background,
                            description=f"predicted by catseg ({Path(run_dir).resolve().name})")
     return labelme_json_bytes(doc)
 

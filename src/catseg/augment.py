@@ -16,11 +16,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from catseg.cache import CachedSample  # noqa: E402
-from catseg.preprocess import Preprocess  # noqa: E402
+from catseg.preprocess import Preprocess, model_input  # noqa: E402
 
 # The cache keeps images a little larger than the training size so that scale-crop augmentation
 # zooms into real detail instead of up-sampling an already shrunk image.
 _CACHE_SCALE = {"none": 1.0, "light": 1.25, "strong": 1.5}
+# OpenCV transforms take at most 128 channels; wider band images are augmented in slices of this many
+# bands, each with the same random draw, so every band moves the same way.
+_BAND_SLICE = 64
 
 
 
@@ -67,6 +70,8 @@ def build_augmentation(pre: Preprocess, augment: str, ignore_index: int, size: i
                    A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
                    A.ToGray(p=0.05)],
     }[augment]
+    if pre.bands:  # colour jitter, blur, noise and grey are RGB-photo ideas; bands get the flips only
+        photometric = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] if augment != "none" else []
     return A.Compose(geometry + photometric)
 
 
@@ -100,10 +105,27 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
-        out = self.transform(image=sample.image, mask=sample.mask)
+        if sample.image.shape[2] > _BAND_SLICE:
+            image, mask = self._augment_in_slices(sample)
+        else:
+            out = self.transform(image=sample.image, mask=sample.mask)
+            image, mask = out["image"], out["mask"]
         # np.require copies only when needed: a memory-mapped cache gives read-only arrays
-        image = np.require(out["image"], dtype=np.uint8, requirements=["C", "W"])
-        return torch.from_numpy(image), torch.from_numpy(out["mask"].astype(np.int64))
+        image = np.require(model_input(image), requirements=["C", "W"])
+        return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))
+
+    def _augment_in_slices(self, sample: CachedSample) -> tuple[np.ndarray, np.ndarray]:
+        """Return (image, mask) of a wide band image augmented _BAND_SLICE bands at a time with one draw."""
+        seed = int(np.random.randint(0, 2**31 - 1))
+        parts, mask = [], sample.mask
+        for start in range(0, sample.image.shape[2], _BAND_SLICE):
+            self.transform.set_random_seed(seed)
+            out = self.transform(image=np.ascontiguousarray(sample.image[:, :, start:start + _BAND_SLICE]),
+                                 mask=sample.mask)
+            parts.append(out["image"].reshape(out["image"].shape[0], out["image"].shape[1], -1))
+            mask = out["mask"] if start == 0 else mask
+        self.transform.set_random_seed(seed + 1)
+        return np.concatenate(parts, axis=2), mask
 
 
 

@@ -65,6 +65,9 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--split", action="append", default=[], metavar="NAME=IMAGES_DIR,MASKS_DIR",
                    help="masks: a named split from its own folders (relative to SRC); repeat it, e.g. "
                         "--split train=train,trainannot --split val=val,valannot")
+    p.add_argument("--channel-axis", choices=["first", "last"], default=None,
+                   help="masks: where the bands are in 3-D band images (.npy, .tif) when their shape cannot tell: "
+                        "first (bands, height, width) or last (height, width, bands)")
     p.add_argument("--download", action="store_true",
                    help="oxford-pets: download the official release into SRC first (checksums verified, resumable)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
@@ -76,7 +79,8 @@ def _run_import(args: argparse.Namespace) -> int:
 
     report = import_dataset(args.format, args.src, args.out_dir, labels=args.labels, images=args.images,
                             masks=args.masks, colors=args.colors, classes=args.classes,
-                            download=args.download, force=args.force, ignore_id=args.ignore_id, splits=args.split)
+                            download=args.download, force=args.force, ignore_id=args.ignore_id, splits=args.split,
+                            channel_axis=args.channel_axis)
     print(report.summary())
     return 0
 

@@ -26,6 +26,7 @@ import numpy as np
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_json, check_replaceable, swap_in_place
+from catseg.bands import BAND_EXTENSIONS, check_channels_block
 from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, voc_colormap
 
 DATASET_FORMAT = "catseg-dataset"
@@ -44,6 +45,7 @@ class DatasetInfo:
     ignore_index: int = IGNORE_INDEX
     source: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, list[str]] = field(default_factory=dict)
+    channels: dict[str, Any] | None = None  # band images (catseg.bands): count, names, dtype, mean, std; None = photos
 
     @property
     def num_classes(self) -> int:
@@ -74,7 +76,7 @@ class DatasetInfo:
         return sorted(set(images) & masks)
 
     def to_json(self) -> dict[str, Any]:
-        return dataset_json(self.classes, self.colors, self.source, self.splits, self.ignore_index)
+        return dataset_json(self.classes, self.colors, self.source, self.splits, self.ignore_index, self.channels)
 
 
 def dataset_json(
@@ -83,11 +85,13 @@ def dataset_json(
     source: dict[str, Any] | None = None,
     splits: dict[str, list[str]] | None = None,
     ignore_index: int = IGNORE_INDEX,
+    channels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return the dataset.json document for these classes (VOC colours unless given)."""
+    """Return the dataset.json document for these classes (VOC colours unless given); a "channels" block
+    only for band images, so a photo dataset's file is as it always was."""
     if colors is None:
         colors = voc_colormap(len(classes)).tolist()
-    return {
+    doc = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
         "classes": list(classes),
@@ -96,6 +100,9 @@ def dataset_json(
         "source": dict(source or {}),
         "splits": {k: list(v) for k, v in (splits or {}).items()},
     }
+    if channels is not None:
+        doc["channels"] = dict(channels)
+    return doc
 
 
 def provenance(command: str, source_path: str | Path, **extra: Any) -> dict[str, Any]:
@@ -137,6 +144,7 @@ def read_dataset(root: str | Path) -> DatasetInfo:
         ignore_index=int(doc.get("ignore_index", IGNORE_INDEX)),
         source=dict(doc.get("source", {})),
         splits={k: list(v) for k, v in doc.get("splits", {}).items()},
+        channels=dict(doc["channels"]) if "channels" in doc else None,
     )
 
 
@@ -172,6 +180,8 @@ def _validate_dataset_json(doc: Any) -> list[str]:
         isinstance(v, list) and all(isinstance(s, str) for s in v) for v in splits.values()
     ):
         problems.append("splits must map split names to lists of image stems")
+    if "channels" in doc:
+        problems += check_channels_block(doc["channels"])
     return problems
 
 
@@ -182,7 +192,7 @@ def image_files_by_stem(folder: Path) -> dict[str, Path]:
     return {
         p.stem: p
         for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS + BAND_EXTENSIONS
     }
 
 

@@ -15,12 +15,18 @@ from catseg.calibration import CalibrationAccumulator
 from catseg.data import read_dataset
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable
+from catseg.bands import read_bands
 from catseg.images import read_image, read_mask
 from catseg.metrics import MetricAccumulator
 from catseg.predict import Predictor
 from catseg.run import read_run_config, read_splits
 
 log = logging.getLogger(__name__)
+
+
+def _read(path: Path, channels: dict[str, Any] | None) -> Any:
+    """Return a photo as (H, W, 3) uint8, or a band image (dataset.json has channels) as (H, W, C)."""
+    return read_image(path) if channels is None else read_bands(path, channels=int(channels["count"]))
 
 
 def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[str, list[str]]:
@@ -76,7 +82,7 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
 
         collector = ReportCollector(info.classes, info.colors, info.ignore_index, report_worst)
     for i, stem in enumerate(stems):
-        image, mask = read_image(info.image_path(stem)), read_mask(info.mask_path(stem))
+        image, mask = _read(info.image_path(stem), info.channels), read_mask(info.mask_path(stem))
         if image.shape[:2] != mask.shape:
             raise CatsegError(f"{info.image_path(stem)}: image and mask sizes differ. Run `catseg check {dataset_dir}`.")
         probs = predictor.predict_proba(image)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from catseg.augment import AugmentedDataset, cache_side, seed_worker
-from catseg.cache import CachedSample, cache_fits_in_memory, cache_samples
+from catseg.cache import (CachedSample, band_preprocess, cache_fits_in_memory, cache_samples,
+                          with_train_statistics)
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, choose_split, read_dataset
 from catseg.errors import CatsegError
@@ -140,16 +141,18 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
     kwargs = model_kwargs(config.model, config)
     norm = preprocessing_for(config.model, kwargs)
     pre = Preprocess(config.size, config.resize, config.patch, tuple(norm["mean"]), tuple(norm["std"]))
+    pre = band_preprocess(pre, info)  # band images: per-band statistics instead of the model's RGB ones
     threads = intra_op_threads(workers) if device.type == "cpu" else contextlib.nullcontext(torch.get_num_threads())
     with threads as used_threads, _decoded(info, config, pre, train_stems, val_stems) as (train_cache, val_cache):
+        pre = with_train_statistics(pre, train_cache)
         run_config = RunConfig(
-            model=config.model, model_kwargs=kwargs, in_channels=3, classes=info.classes,
+            model=config.model, model_kwargs=kwargs, in_channels=pre.channels, classes=info.classes,
             colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, preprocess=pre,
             train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
                    "workers_used": workers, "threads_used": used_threads, "plan": plan_doc},
             versions=versions(), dataset=str(Path(config.dataset).resolve()))
         training = _set_up(config, info, RunFolder(run_dir, run_config), train_cache, val_cache,
-                           Forward(_new_model(config, info, kwargs, device), device, dtype), workers)
+                           Forward(_new_model(config, info, kwargs, device, pre.channels), device, dtype), workers)
         training.folder.write_splits(train_stems, val_stems)
         elapsed_before = _resume(training, state) if state is not None else 0.0
         training.clock = _start_clock(config, started, elapsed_before, training.steps_per_epoch)
@@ -193,9 +196,10 @@ def _decoded(info: DatasetInfo, config: TrainConfig, pre: Preprocess, train_stem
             shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def _new_model(config: TrainConfig, info: DatasetInfo, kwargs: dict[str, Any], device: torch.device) -> torch.nn.Module:
+def _new_model(config: TrainConfig, info: DatasetInfo, kwargs: dict[str, Any], device: torch.device,
+               in_channels: int = 3) -> torch.nn.Module:
     torch.manual_seed(config.seed)
-    model = create_model(config.model, in_channels=3, num_classes=info.num_classes, **kwargs)
+    model = create_model(config.model, in_channels=in_channels, num_classes=info.num_classes, **kwargs)
     return model.to(device, memory_format=torch.channels_last)
 
 

@@ -310,3 +310,49 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- dataset folders
+def dataset_channels(cubes: Sequence[Path], train: Iterable[str] = ()) -> dict[str, Any]:
+    """Return dataset.json's "channels" block for the images/<stem>.npy just written, with statistics over
+    the stems of a train split when there is one, else over every image."""
+    train = set(train)
+    chosen = [p for p in cubes if p.stem in train] or list(cubes)
+    first = np.load(chosen[0], mmap_mode="r")
+    described = f"the {len(chosen)} images of split 'train'" if train else f"all {len(chosen)} images"
+    return channels_block((np.load(p, mmap_mode="r") for p in chosen), first.shape[2], first.dtype.name, None,
+                          described)
+
+
+def same_bands(cube: np.ndarray, path: Path, first: Path | None) -> None:
+    """Raise a CatsegError naming `path` when its bands or dtype differ from the cube stored at `first`."""
+    if first is None:
+        return
+    ref = np.load(first, mmap_mode="r")
+    if (ref.shape[2], ref.dtype) != (cube.shape[2], cube.dtype):
+        raise CatsegError(f"{path}: has {cube.shape[2]} band(s) of {cube.dtype} but the images before it have "
+                          f"{ref.shape[2]} of {ref.dtype}; every image of a dataset needs the same bands")
+
+
+def pair_cubes(folder: Path, annotations: Sequence[tuple[str, Path, tuple[int, int]]],
+               axis: str | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Return ({stem: band image in folder}, {stem: problem}) for (stem, annotation file, (H, W) annotated) triples:
+    each annotation needs a cube of its stem whose height and width are the ones annotated."""
+    if not folder.is_dir():
+        raise CatsegError(f"--images {folder}: no such folder. Give the folder of the band images (.npy, .tif).")
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in (".npy", ".tif", ".tiff", ".png"):
+            by_stem.setdefault(path.stem, path)
+    found, problems = {}, {}
+    for stem, annotation, hw in annotations:
+        if stem not in by_stem:
+            problems[stem] = f"no band image named {stem}.npy/.tif/.tiff/.png in {folder}"
+            continue
+        try:
+            band_header(by_stem[stem], axis, hw=hw, hw_from=str(annotation))
+        except CatsegError as exc:
+            problems[stem] = str(exc)
+            continue
+        found[stem] = by_stem[stem]
+    return found, problems

@@ -230,7 +230,7 @@ def _check_bands(info: DatasetInfo, images: dict[str, Path], headers: dict[str, 
     for stem, header in headers.items():
         if header is None:
             continue
-        if block is None and header.mode.endswith(("-band " + header.dtype)):
+        if block is None and header.mode.endswith("-band " + header.dtype):
             report.errors.append(f"{images[stem]}: is a band image but {info.root / 'dataset.json'} has no "
                                  "\"channels\" block; make the dataset with `catseg import masks` or `catseg convert "
                                  "--images`, which record the bands")

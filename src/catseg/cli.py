@@ -33,6 +33,11 @@ def _add_convert(sub: Any) -> None:
                         "default: every label found, sorted")
     p.add_argument("--skip-invalid", action="store_true", help="convert the valid files and list the skipped ones")
     p.add_argument("--viz", action="store_true", help="also write overlay images to OUT_DIR/viz/ for checking by eye")
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder of band images (.npy, .tif) the JSONs were drawn on previews of, paired by stem; "
+                        "images/ gets these instead of the previews (see `catseg preview`)")
+    p.add_argument("--channel-axis", choices=["first", "last"], default=None,
+                   help="with --images: where the bands are when the shape cannot tell")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(handler=_run_convert)
 
@@ -41,7 +46,8 @@ def _run_convert(args: argparse.Namespace) -> int:
     from catseg.labelme import convert_labelme
 
     report = convert_labelme(args.labelme_dir, args.out_dir, labels_file=args.labels, force=args.force,
-                             skip_invalid=args.skip_invalid, viz=args.viz)
+                             skip_invalid=args.skip_invalid, viz=args.viz, images=args.images,
+                             channel_axis=args.channel_axis)
     print(report.summary())
     return 0
 
@@ -324,6 +330,31 @@ def _run_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- preview
+def _add_preview(sub: Any) -> None:
+    p = sub.add_parser("preview", help="false-colour PNGs of band images (.npy, .tif) to annotate in labelme",
+                       description="Write OUT/<stem>.png showing three bands of each band image as red, green and "
+                                   "blue. Annotate the PNGs in labelme, then `catseg convert OUT DATASET --images "
+                                   "CUBES` pairs each JSON with its cube.")
+    p.add_argument("inputs", nargs="+", help="band images or folders of them")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    p.add_argument("--bands", default=None, metavar="R,G,B",
+                   help="band indices shown as red, green, blue (from 0; one index = grey); default: long, middle "
+                        "and short wavelengths, at 85%%, 50%% and 15%% of the band range")
+    p.add_argument("--channel-axis", choices=["first", "last"], default=None,
+                   help="where the bands are in 3-D arrays when the shape cannot tell")
+    p.add_argument("--force", action="store_true", help="overwrite PNGs already in --out")
+    p.set_defaults(handler=_run_preview)
+
+
+def _run_preview(args: argparse.Namespace) -> int:
+    from catseg.preview import parse_bands, write_previews
+
+    written = write_previews(args.inputs, args.out, parse_bands(args.bands), args.channel_axis, args.force)
+    print(f"wrote {len(written)} preview(s) to {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole job on generated data: labelme JSON -> train -> evaluate -> predict",
@@ -345,7 +376,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-_ADDERS = (_add_demo, _add_convert, _add_import, _add_check, _add_train, _add_evaluate, _add_predict, _add_suggest,
+_ADDERS = (_add_demo, _add_convert, _add_preview, _add_import, _add_check, _add_train, _add_evaluate, _add_predict, _add_suggest,
            _add_export, _add_app, _add_models)
 
 

@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from catseg.bands import BAND_EXTENSIONS, band_header, channels_block, cube_npy_bytes, is_band_file, read_bands
+from catseg.bands import (BAND_EXTENSIONS, band_header, cube_npy_bytes, dataset_channels, is_band_file, read_bands,
+                          same_bands)
 from catseg.data import IGNORE_INDEX, DatasetWriter, dataset_json
 from catseg.errors import CatsegError
 from catseg.images import (
@@ -126,7 +127,7 @@ def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, sour
         if not written:
             raise CatsegError(f"{src}: no image could be imported; nothing was written", cap(warnings))
         splits, split_notes = _restrict_splits(plan.splits, written)
-        channels = _channels(cubes, splits) if band_mode else None
+        channels = dataset_channels(cubes, splits.get("train", ())) if band_mode else None
         writer.write_dataset_json(dataset_json(plan.classes, plan.colors, source, splits, channels=channels))
     notes = list(plan.notes) + split_notes
     if renamed:
@@ -152,23 +153,9 @@ def _stored_photo(path: Path) -> _Photo:
 def _stored_cube(path: Path, annotation: Path, hw: tuple[int, ...], axis: str | None, done: list[Path]) -> _Photo:
     """Return a band image as (H, W, C) .npy bytes; its bands and dtype must agree with the first one stored."""
     cube = read_bands(path, axis, hw=(int(hw[0]), int(hw[1])), hw_from=str(annotation))
-    if done:
-        first = np.load(done[0], mmap_mode="r")
-        if (first.shape[2], first.dtype) != (cube.shape[2], cube.dtype):
-            raise CatsegError(f"{path}: has {cube.shape[2]} band(s) of {cube.dtype} but the images before it have "
-                              f"{first.shape[2]} of {first.dtype}; every image of a dataset needs the same bands")
+    same_bands(cube, path, done[0] if done else None)
     size = (cube.shape[1], cube.shape[0])
     return _Photo(cube_npy_bytes(cube), ".npy", size, size, False)
-
-
-def _channels(cubes: list[Path], splits: Mapping[str, list[str]]) -> dict[str, Any]:
-    """Return dataset.json's "channels" block, with statistics over the train split when there is one."""
-    train = set(splits.get("train", ()))
-    chosen = [p for p in cubes if p.stem in train] or cubes
-    first = np.load(chosen[0], mmap_mode="r")
-    described = f"the {len(chosen)} images of split 'train'" if train else f"all {len(chosen)} images"
-    return channels_block((np.load(p, mmap_mode="r") for p in chosen), first.shape[2], first.dtype.name, None,
-                          described)
 
 
 def _photo_size(path: Path, hw: tuple[int, ...] | None = None, annotation: Path | None = None,

@@ -116,7 +116,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def _augment_in_slices(self, sample: CachedSample) -> tuple[np.ndarray, np.ndarray]:
         """Return (image, mask) of a wide band image augmented _BAND_SLICE bands at a time with one draw."""
-        seed = int(np.random.randint(0, 2**31 - 1))
+        seed = int(self.transform.random_generator.integers(0, 2**31 - 1))  # follows set_epoch and seed_worker
         parts, mask = [], sample.mask
         for start in range(0, sample.image.shape[2], _BAND_SLICE):
             self.transform.set_random_seed(seed)
@@ -124,7 +124,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
                                  mask=sample.mask)
             parts.append(out["image"].reshape(out["image"].shape[0], out["image"].shape[1], -1))
             mask = out["mask"] if start == 0 else mask
-        self.transform.set_random_seed(seed + 1)
+        self.transform.set_random_seed(seed + 1)  # the next sample draws anew
         return np.concatenate(parts, axis=2), mask
 
 

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from machine import cpu_flags  # benchmarks/machine.py
+from PIL import Image
 
 from catseg.cli import main
 
@@ -127,7 +126,7 @@ def main_benchmark() -> None:
         started = time.perf_counter()
         scores = {"bands": train_and_score(work, dataset, "bands", extra)}
         seconds = time.perf_counter() - started
-        probe = sorted((work / "src" / "test" / "images").glob("*.npy"))[0]
+        probe = min((work / "src" / "test" / "images").glob("*.npy"))
         run(["preview", str(probe), "--out", str(work / "preview"), "--channel-axis", "first"])
         run(["predict", str(work / "run-bands"), str(probe), "--out", str(work / "predicted"),
              "--format", "mask,overlay,npy"])

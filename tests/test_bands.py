@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from catseg.augment import AugmentedDataset
-from catseg.bands import band_axis, band_statistics, false_colour, read_bands, resize_bands
+from catseg.bands import (
+    band_axis,
+    band_statistics,
+    false_colour,
+    read_bands,
+    resize_bands,
+)
 from catseg.cache import CachedSample
 from catseg.check import check_dataset
 from catseg.cli import main

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from catseg.bands import BAND_EXTENSIONS, band_header, is_band_file
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, image_files_by_stem, read_dataset
 from catseg.errors import CatsegError
-from catseg.bands import BAND_EXTENSIONS, band_header, is_band_file
 from catseg.images import IMAGE_EXTENSIONS, SWAPPING_ORIENTATIONS, exif_orientation
 
 RARE_CLASS_FRACTION = 0.01  # a class under this share of labelled pixels gets an imbalance warning

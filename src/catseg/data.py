@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from catseg.bands import BAND_EXTENSIONS, check_channels_block
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_json, check_replaceable, swap_in_place
-from catseg.bands import BAND_EXTENSIONS, check_channels_block
 from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, voc_colormap
 
 DATASET_FORMAT = "catseg-dataset"

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from catseg.bands import read_bands
 from catseg.calibration import CalibrationAccumulator
 from catseg.data import read_dataset
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable
-from catseg.bands import read_bands
 from catseg.images import read_image, read_mask
 from catseg.metrics import MetricAccumulator
 from catseg.predict import Predictor

@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from catseg.bands import cube_npy_bytes, dataset_channels, false_colour, pair_cubes, read_bands, same_bands
+from catseg.bands import (
+    cube_npy_bytes,
+    dataset_channels,
+    false_colour,
+    pair_cubes,
+    read_bands,
+    same_bands,
+)
 from catseg.data import DatasetWriter, dataset_json, iter_files, provenance
 from catseg.errors import CatsegError
 from catseg.images import (

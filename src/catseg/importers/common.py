@@ -12,8 +12,15 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from catseg.bands import (BAND_EXTENSIONS, band_header, cube_npy_bytes, dataset_channels, is_band_file, read_bands,
-                          same_bands)
+from catseg.bands import (
+    BAND_EXTENSIONS,
+    band_header,
+    cube_npy_bytes,
+    dataset_channels,
+    is_band_file,
+    read_bands,
+    same_bands,
+)
 from catseg.data import IGNORE_INDEX, DatasetWriter, dataset_json
 from catseg.errors import CatsegError
 from catseg.images import (

@@ -17,7 +17,7 @@ from catseg.bands import (
     read_bands,
     resize_bands,
 )
-from catseg.cache import CachedSample
+from catseg.cache import CachedSample, band_preprocess, cache_fits_in_memory, cache_samples
 from catseg.check import check_dataset
 from catseg.cli import main
 from catseg.data import read_dataset
@@ -269,3 +269,14 @@ def test_hyperspectral_cubes_through_import_train_evaluate_predict(tmp_path: Pat
     _train_evaluate_predict(tmp_path, tmp_path / "ds", src / "images", 128, capsys)
 
 
+
+
+def test_the_training_cache_keeps_the_input_dtype_and_counts_the_bands(tmp_path: Path) -> None:
+    import_dataset("masks", _source(tmp_path / "src", 130), tmp_path / "ds", classes="background,thing")
+    info = read_dataset(tmp_path / "ds")
+    pre = band_preprocess(Preprocess(16), info)
+    samples = cache_samples(info, info.stems()[:2], pre)
+    assert samples[0].image.shape == (16, 16, 130) and samples[0].image.dtype == np.uint16
+    # 400 bands of uint16 at 320 px are 82 MB a sample (photos: 0.4 MB): ten thousand go to the disk cache
+    wide = Preprocess(256, mean=(0.0,) * 400, std=(1.0,) * 400, pixel_scale=1.0, dtype="uint16", preview=(0, 0, 0))
+    assert not cache_fits_in_memory(10_000, 320, wide)

@@ -147,6 +147,16 @@ def test_import_records_the_bands_and_their_statistics(tmp_path: Path) -> None:
     assert report.ok and report.modes == {"120-band uint16": 6}
 
 
+def test_band_names_are_recorded_and_their_count_checked(tmp_path: Path) -> None:
+    src = _source(tmp_path / "src", 4)
+    (tmp_path / "names.txt").write_text("blue\ngreen\nred\nnir\n")
+    assert main(["import", "masks", str(src), str(tmp_path / "ds"), "--classes", "background,thing",
+                 "--band-names", str(tmp_path / "names.txt")]) == 0
+    assert read_dataset(tmp_path / "ds").channels["names"] == ["blue", "green", "red", "nir"]
+    with pytest.raises(CatsegError, match="--band-names names 3 bands but the images have 4"):
+        import_dataset("masks", src, tmp_path / "ds2", classes="background,thing", band_names=["b", "g", "r"])
+
+
 def test_photo_datasets_get_no_channels_block(tiny_dataset: Path) -> None:
     assert "channels" not in json.loads((tiny_dataset / "dataset.json").read_text())
 

@@ -313,14 +313,34 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 
 # ----------------------------------------------------------------------------- dataset folders
-def dataset_channels(cubes: Sequence[Path], train: Iterable[str] = ()) -> dict[str, Any]:
+def read_band_names(text: str | None) -> list[str] | None:
+    """Return the names of a --band-names option: comma-separated names, or a text file of one per line."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CatsegError(f"--band-names {path}: cannot read it ({exc})") from exc
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise CatsegError(f"--band-names {text!r}: give non-empty names, comma-separated or one per line in a file")
+    return names
+
+
+def dataset_channels(cubes: Sequence[Path], train: Iterable[str] = (), names: Sequence[str] | None = None
+                     ) -> dict[str, Any]:
     """Return dataset.json's "channels" block for the images/<stem>.npy just written, with statistics over
     the stems of a train split when there is one, else over every image."""
     train = set(train)
     chosen = [p for p in cubes if p.stem in train] or list(cubes)
     first = np.load(chosen[0], mmap_mode="r")
+    if names is not None and len(names) != first.shape[2]:
+        raise CatsegError(f"--band-names names {len(names)} bands but the images have {first.shape[2]}")
     described = f"the {len(chosen)} images of split 'train'" if train else f"all {len(chosen)} images"
-    return channels_block((np.load(p, mmap_mode="r") for p in chosen), first.shape[2], first.dtype.name, None,
+    return channels_block((np.load(p, mmap_mode="r") for p in chosen), first.shape[2], first.dtype.name, names,
                           described)
 
 

@@ -38,6 +38,8 @@ def _add_convert(sub: Any) -> None:
                         "images/ gets these instead of the previews (see `catseg preview`)")
     p.add_argument("--channel-axis", choices=["first", "last"], default=None,
                    help="with --images: where the bands are when the shape cannot tell")
+    p.add_argument("--band-names", default=None, help="with --images: band names for dataset.json, comma-separated "
+                                                      "or a text file with one per line")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(handler=_run_convert)
 
@@ -47,9 +49,15 @@ def _run_convert(args: argparse.Namespace) -> int:
 
     report = convert_labelme(args.labelme_dir, args.out_dir, labels_file=args.labels, force=args.force,
                              skip_invalid=args.skip_invalid, viz=args.viz, images=args.images,
-                             channel_axis=args.channel_axis)
+                             channel_axis=args.channel_axis, band_names=_band_names(args.band_names))
     print(report.summary())
     return 0
+
+
+def _band_names(text: str | None) -> list[str] | None:
+    from catseg.bands import read_band_names
+
+    return read_band_names(text)
 
 
 # ----------------------------------------------------------------------------- import
@@ -74,6 +82,8 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--channel-axis", choices=["first", "last"], default=None,
                    help="masks: where the bands are in 3-D band images (.npy, .tif) when their shape cannot tell: "
                         "first (bands, height, width) or last (height, width, bands)")
+    p.add_argument("--band-names", default=None,
+                   help="masks: band names for dataset.json, comma-separated or a text file with one per line")
     p.add_argument("--download", action="store_true",
                    help="oxford-pets: download the official release into SRC first (checksums verified, resumable)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
@@ -86,7 +96,7 @@ def _run_import(args: argparse.Namespace) -> int:
     report = import_dataset(args.format, args.src, args.out_dir, labels=args.labels, images=args.images,
                             masks=args.masks, colors=args.colors, classes=args.classes,
                             download=args.download, force=args.force, ignore_id=args.ignore_id, splits=args.split,
-                            channel_axis=args.channel_axis)
+                            channel_axis=args.channel_axis, band_names=_band_names(args.band_names))
     print(report.summary())
     return 0
 

@@ -350,6 +350,7 @@ def convert_labelme(
     viz: bool = False,
     images: Path | None = None,
     channel_axis: str | None = None,
+    band_names: list[str] | None = None,
 ) -> ConvertReport:
     """Return the report of turning a folder of labelme JSON files (recursive) into a dataset folder.
 
@@ -395,7 +396,7 @@ def convert_labelme(
                                  labels_file=str(Path(labels_file).resolve()) if labels_file else None,
                                  files=len(valid), skipped=[str(p) for p, _ in skipped])
         writer.write_dataset_json(dataset_json(classes, source=source_info,
-                                               channels=dataset_channels(stored) if stored else None))
+                                               channels=dataset_channels(stored, names=band_names) if stored else None))
     log.info("converted %d labelme file(s) into %s", len(valid), out_dir)
     return report
 

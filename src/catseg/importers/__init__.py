@@ -40,6 +40,7 @@ def import_dataset(
     ignore_id: int | None = None,
     splits: Sequence[str] = (),
     channel_axis: str | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> ImportReport:
     """Return the report of importing SRC, laid out as FMT, into the new dataset folder OUT_DIR.
 
@@ -75,7 +76,7 @@ def import_dataset(
     command = _command(fmt, src, out_dir, labels=labels, images=images, masks=masks, colors=colors, classes=classes,
                        ignore_id=ignore_id, split=list(splits) or None, channel_axis=channel_axis)
     return write_plan(plan, fmt, src, out_dir, force, provenance(command, src, **extra), inputs=[colors],
-                      channel_axis=channel_axis)
+                      channel_axis=channel_axis, band_names=band_names)
 
 
 def _option_problems(fmt: str, labels: str, images: str, masks: str, colors: Path | None, classes: str | None,

@@ -91,11 +91,12 @@ class _Photo(NamedTuple):
 
 
 def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, source: dict[str, Any],
-               inputs: Sequence[Path | None] = (), channel_axis: str | None = None) -> ImportReport:
+               inputs: Sequence[Path | None] = (), channel_axis: str | None = None,
+               band_names: Sequence[str] | None = None) -> ImportReport:
     """Return the report of writing a checked plan into the new dataset folder OUT_DIR (nothing stays if it fails).
     `inputs` are files the command reads besides SRC (--colors), which --force must not delete. When any
     photo is a band image (catseg.bands), every one is stored as images/<stem>.npy and dataset.json gets
-    a "channels" block; `channel_axis` says where the bands are when the shape cannot."""
+    a "channels" block; `channel_axis` says where the bands are when the shape cannot, `band_names` names them."""
     warnings, problems, written, renamed, rotated = list(plan.warnings), [], [], [], []
     cubes: list[Path] = []
     band_mode = any(is_band_file(photo) for _, photo, _ in plan.pairs)
@@ -134,7 +135,7 @@ def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, sour
         if not written:
             raise CatsegError(f"{src}: no image could be imported; nothing was written", cap(warnings))
         splits, split_notes = _restrict_splits(plan.splits, written)
-        channels = dataset_channels(cubes, splits.get("train", ())) if band_mode else None
+        channels = dataset_channels(cubes, splits.get("train", ()), band_names) if band_mode else None
         writer.write_dataset_json(dataset_json(plan.classes, plan.colors, source, splits, channels=channels))
     notes = list(plan.notes) + split_notes
     if renamed:

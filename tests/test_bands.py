@@ -147,6 +147,21 @@ def test_import_records_the_bands_and_their_statistics(tmp_path: Path) -> None:
     assert report.ok and report.modes == {"120-band uint16": 6}
 
 
+def test_import_reads_band_first_tiffs_and_trains_with_sliding_windows(tmp_path: Path) -> None:
+    tifffile = pytest.importorskip("tifffile", reason="the [bands] extra reads TIFF")
+    src = _source(tmp_path / "src", 6)
+    for npy in sorted((src / "images").glob("*.npy")):
+        tifffile.imwrite(npy.with_suffix(".tif"), np.moveaxis(np.load(npy), -1, 0), photometric="minisblack")
+        npy.unlink()
+    import_dataset("masks", src, tmp_path / "ds", classes="background,thing")
+    assert np.load(tmp_path / "ds" / "images" / "s0.npy").shape == (H, W, 6)
+    assert main(["train", str(tmp_path / "ds"), "--out", str(tmp_path / "run"), "--model", "unet", "--epochs", "1",
+                 "--size", "20", "--resize", "scale", "--patch", "16", "--width", "4", "--depth", "2",
+                 "--batch-size", "2", "--workers", "0"]) == 0
+    assert main(["predict", str(tmp_path / "run"), str(src / "images"), "--out", str(tmp_path / "p")]) == 0
+    assert np.asarray(Image.open(tmp_path / "p" / "s0.png")).shape == (H, W)
+
+
 def test_band_names_are_recorded_and_their_count_checked(tmp_path: Path) -> None:
     src = _source(tmp_path / "src", 4)
     (tmp_path / "names.txt").write_text("blue\ngreen\nred\nnir\n")

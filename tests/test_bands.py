@@ -205,6 +205,7 @@ def test_import_refuses_an_ambiguous_cube_unless_told_the_axis(tmp_path: Path) -
         import_dataset("masks", src, tmp_path / "ds", classes="background,thing")
     import_dataset("masks", src, tmp_path / "ds", classes="background,thing", channel_axis="first")
     assert read_dataset(tmp_path / "ds").channels["dtype"] == "float32"
+    assert check_dataset(tmp_path / "ds").ok  # images/*.npy are (H, W, C) by definition: never ambiguous
 
 
 def test_check_names_an_image_whose_bands_differ_from_dataset_json(tmp_path: Path) -> None:

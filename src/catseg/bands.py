@@ -195,6 +195,12 @@ def read_bands(path: str | Path, axis: str | None = None, channels: int | None =
     return array
 
 
+def dataset_axis(path: str | Path) -> str | None:
+    """Return "last" for a dataset folder's images/<stem>.npy, which catseg writes (H, W, C), so that even a
+    cube as tall and wide as it has bands is read right; None (find out) for other files put there."""
+    return "last" if Path(path).suffix.lower() == ".npy" else None
+
+
 def cube_npy_bytes(cube: np.ndarray) -> bytes:
     """Return .npy bytes of an (H, W, C) band image, C-contiguous in its own dtype, for images/<stem>.npy."""
     buf = io.BytesIO()

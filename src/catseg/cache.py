@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from catseg.bands import band_statistics, cache_dtype, read_bands, resize_bands
+from catseg.bands import band_statistics, cache_dtype, dataset_axis, read_bands, resize_bands
 from catseg.data import DatasetInfo
 from catseg.errors import CatsegError
 from catseg.images import open_image, oriented_size, read_mask, to_rgb_array
@@ -67,7 +67,7 @@ def _load_bands(info: DatasetInfo, stem: str, image_path: Path, mask: np.ndarray
                 size: int | None) -> CachedSample:
     """Return a band image (memory-mapped, resized a few bands at a time, in its own dtype) and its mask."""
     assert info.channels is not None
-    cube = read_bands(image_path, channels=int(info.channels["count"]), hw=mask.shape,
+    cube = read_bands(image_path, dataset_axis(image_path), int(info.channels["count"]), hw=mask.shape,
                       hw_from=str(info.mask_path(stem)))
     if cube.shape[2] != int(info.channels["count"]):
         raise CatsegError(f"{image_path}: has {cube.shape[2]} band(s) but dataset.json says "

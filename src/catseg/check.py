@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from catseg.bands import BAND_EXTENSIONS, band_header, is_band_file
+from catseg.bands import BAND_EXTENSIONS, band_header, dataset_axis, is_band_file
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, image_files_by_stem, read_dataset
 from catseg.errors import CatsegError
@@ -200,7 +200,7 @@ def _read_header(path: Path, report: CheckReport, channels: dict[str, Any] | Non
     """Return the image's oriented size, mode and EXIF orientation without decoding its pixels."""
     if channels is not None or is_band_file(path):
         try:
-            h = band_header(path, channels=int(channels["count"]) if channels else None)
+            h = band_header(path, dataset_axis(path), int(channels["count"]) if channels else None)
         except CatsegError as exc:
             report.unreadable.append(path.relative_to(report.root).as_posix())
             report.errors.append(str(exc))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from catseg.bands import read_bands
+from catseg.bands import dataset_axis, read_bands
 from catseg.calibration import CalibrationAccumulator
 from catseg.data import read_dataset
 from catseg.errors import CatsegError
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def _read(path: Path, channels: dict[str, Any] | None) -> Any:
     """Return a photo as (H, W, 3) uint8, or a band image (dataset.json has channels) as (H, W, C)."""
-    return read_image(path) if channels is None else read_bands(path, channels=int(channels["count"]))
+    return read_image(path) if channels is None else read_bands(path, dataset_axis(path), int(channels["count"]))
 
 
 def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[str, list[str]]:

@@ -170,7 +170,7 @@ def test_predict_refuses_a_labels_file_with_other_ids_and_writing_over_a_photo(t
     assert (photos / "a.json").is_file() and "zebra" in (photos / "labels.txt").read_text()
     before = (photos / "a.png").read_bytes()
     assert main(["predict", str(tiny_run), str(photos), "--out", str(photos), "--format", "mask", "--force"]) == 2
-    assert "is an input photo" in capsys.readouterr().err and (photos / "a.png").read_bytes() == before
+    assert "holds 1 of the input photos" in capsys.readouterr().err and (photos / "a.png").read_bytes() == before
 
 
 @pytest.mark.skipif(not PETS.is_dir(), reason=f"the Oxford-IIIT Pet sample is not at {PETS}")

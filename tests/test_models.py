@@ -345,12 +345,29 @@ def test_save_weights_is_safetensors_and_atomic(tmp_path: Path, monkeypatch: pyt
     assert set(load_file(str(path))) == set(model.state_dict())
     original = path.read_bytes()
 
-    def crash(model: nn.Module, filename: str, metadata: dict | None = None) -> None:
-        Path(filename).write_bytes(b"half a file")
-        raise OSError("disk full")
+    import errno
+    import os as _os
 
-    monkeypatch.setattr(weights, "save_model", crash)
-    with pytest.raises(OSError, match="disk full"):
+    import catseg.files
+
+    real_fdopen = _os.fdopen
+
+    class HalfWritten:  # the disk fills up after part of the file was written
+        def __init__(self, fd: int, mode: str) -> None:
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self) -> "HalfWritten":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+        def write(self, data: bytes) -> int:
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(catseg.files.os, "fdopen", HalfWritten)
+    with pytest.raises(CatsegError, match="disk is full"):
         save_weights(create_model("unet", width=4, depth=2), path)
     assert path.read_bytes() == original
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

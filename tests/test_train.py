@@ -58,7 +58,7 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 
 def test_fit_writes_a_self_describing_run(tiny_run: Path) -> None:
-    for name in ("config.json", "model.safetensors", "last.safetensors", "train_state.pt", "splits.json",
+    for name in ("config.json", "model.safetensors", "train_state.pt", "splits.json",
                  "metrics.csv", "curves.png"):
         assert (tiny_run / name).is_file(), name
     config = json.loads((tiny_run / "config.json").read_text())
@@ -106,11 +106,11 @@ def test_existing_run_is_refused_then_replaced_with_force(tmp_path: Path, tiny_d
 def test_resume_continues_where_it_stopped(tmp_path: Path, tiny_dataset: Path) -> None:
     out = tmp_path / "run"
     fit(_config(tiny_dataset, out, epochs=1))
-    first = load_file(str(out / "last.safetensors"))
+    first = torch.load(out / "train_state.pt", weights_only=True)["model"]
     # The stored settings say one epoch: resuming finds nothing left to do and keeps the weights.
     result = fit(TrainConfig(dataset=str(tiny_dataset), out=str(out), resume=True))
     assert result.epochs == 1
-    again = load_file(str(out / "last.safetensors"))
+    again = torch.load(out / "train_state.pt", weights_only=True)["model"]
     assert all(torch.equal(first[k], again[k]) for k in first)
     # With more epochs stored, resume trains epoch 2 only and keeps epoch 1's metrics row.
     config = json.loads((out / "config.json").read_text())

@@ -21,7 +21,7 @@ import torch
 from catseg.bands import band_statistics, cache_dtype, dataset_axis, read_bands, resize_bands
 from catseg.data import DatasetInfo
 from catseg.errors import CatsegError
-from catseg.images import open_image, oriented_size, read_mask, to_rgb_array
+from catseg.images import DECODE_ERRORS, check_mask_values, open_image, oriented_size, read_mask, to_rgb_array, unreadable
 from catseg.preprocess import Preprocess, model_input, resize_image
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def load_resized(info: DatasetInfo, stem: str, pre: Preprocess, size: int | None
     bilinear or area for the photo, nearest for the mask)."""
     image_path = info.image_path(stem)
     mask = read_mask(info.mask_path(stem))
+    check_mask_values(mask, info.num_classes, info.ignore_index, info.mask_path(stem))
     if info.channels is not None:
         return _load_bands(info, stem, image_path, mask, pre, size)
     pil = open_image(image_path, decode=False)
@@ -56,8 +57,8 @@ def load_resized(info: DatasetInfo, stem: str, pre: Preprocess, size: int | None
         pil.draft("RGB", (out_w, out_h))
     try:
         image = to_rgb_array(pil)
-    except OSError as exc:
-        raise CatsegError(f"{image_path}: cannot decode this image ({exc}). Re-export it as JPEG or PNG.") from exc
+    except DECODE_ERRORS as exc:
+        raise unreadable(image_path, exc) from exc
     image = resize_image(image, out_h, out_w)  # to the size the original (not the draft) asks for
     mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
     return CachedSample(stem, np.ascontiguousarray(image), np.ascontiguousarray(mask))

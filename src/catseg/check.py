@@ -19,19 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from catseg.bands import BAND_EXTENSIONS, band_header, dataset_axis, is_band_file
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, image_files_by_stem, read_dataset
 from catseg.errors import CatsegError
-from catseg.images import IMAGE_EXTENSIONS, SWAPPING_ORIENTATIONS, exif_orientation
+from catseg.images import DECODE_ERRORS, IMAGE_EXTENSIONS, SWAPPING_ORIENTATIONS, exif_orientation, open_image
 
 RARE_CLASS_FRACTION = 0.01  # a class under this share of labelled pixels gets an imbalance warning
 TINY_OBJECT_FRACTION = 0.01  # median object under this share of its image gets a --size warning
 FEW_IMAGES = 10  # fewer usable pairs than this gets a "more data" warning
 _LISTED = 8  # file names shown in one warning line before "+N more"
-_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_READ_ERRORS = DECODE_ERRORS
 
 
 @dataclass
@@ -197,7 +196,9 @@ def _list_files(info: DatasetInfo, report: CheckReport) -> tuple[dict[str, Path]
 
 
 def _read_header(path: Path, report: CheckReport, channels: dict[str, Any] | None = None) -> _Header | None:
-    """Return the image's oriented size, mode and EXIF orientation without decoding its pixels."""
+    """Return the image's oriented size, mode and EXIF orientation; the pixels are decoded too, so a truncated
+    download is reported here rather than during training (an image past the pixel limit is not decoded).
+    A band image (catseg.bands) gives its size, band count and dtype from its header."""
     if channels is not None or is_band_file(path):
         try:
             h = band_header(path, dataset_axis(path), int(channels["count"]) if channels else None)
@@ -207,13 +208,14 @@ def _read_header(path: Path, report: CheckReport, channels: dict[str, Any] | Non
             return None
         return _Header((h.width, h.height), f"{h.channels}-band {h.dtype}", 1, h.channels, h.dtype)
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = image.size
             mode = image.mode
             orientation = exif_orientation(image)
-    except _READ_ERRORS as exc:
+    except (CatsegError, *_READ_ERRORS) as exc:
         report.unreadable.append(path.relative_to(report.root).as_posix())
-        report.errors.append(f"{path}: cannot read this image ({exc}). Re-export it as JPEG or PNG, or remove it.")
+        report.errors.append(f"{exc} Or remove it." if isinstance(exc, CatsegError) else
+                             f"{path}: cannot read this image ({exc}). Re-export it as JPEG or PNG, or remove it.")
         return None
     if orientation in SWAPPING_ORIENTATIONS:
         width, height = height, width
@@ -242,14 +244,13 @@ def _check_bands(info: DatasetInfo, images: dict[str, Path], headers: dict[str, 
 def _read_mask(path: Path, report: CheckReport) -> np.ndarray | None:
     """Return the mask's class ids as a 2-D integer array, or None after noting why it is unusable."""
     try:
-        with Image.open(path) as image:
-            image.load()
+        with open_image(path) as image:
             mode = image.mode
             if mode in ("P", "L", "1"):  # the modes data.mask_ids reads, so check and training agree
                 return np.asarray(image, dtype=np.uint8)
             if mode in ("I", "I;16", "I;16B", "I;16L"):
                 return np.asarray(image).astype(np.int64)
-    except _READ_ERRORS as exc:
+    except (CatsegError, *_READ_ERRORS) as exc:
         report.unreadable.append(path.relative_to(report.root).as_posix())
         report.errors.append(f"{path}: cannot read this mask ({exc}). Re-save it as a PNG of class ids.")
         return None

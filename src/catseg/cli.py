@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from catseg import __version__
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
+from catseg.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 from catseg.terminal import add_dataclass_flags, progress_bar
 
 Handler = Callable[[argparse.Namespace], int]
@@ -394,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="catseg", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"catseg {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help=f"refuse images of more than N pixels, from their header, never decoded (a guard "
+                             f"against decompression bombs; default {DEFAULT_MAX_PIXELS:,}, or {MAX_PIXELS_ENV})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _ADDERS:
         add(sub)
@@ -408,11 +413,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            parser.error(f"--max-pixels {args.max_pixels}: must be at least 1")
+        os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)  # read by every image reader, the app's too
     try:
         return int(args.handler(args))
     except CatsegError as exc:
         print(f"catseg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"catseg {args.command}: interrupted", file=sys.stderr)
         return 130

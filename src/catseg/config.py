@@ -5,6 +5,7 @@ Kept free of torch so that `catseg --help` and config checks are instant.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -72,8 +73,12 @@ class TrainConfig:
                               "--class-weights from the data and a speed measurement (flags you give are always kept)")
     given: list[str] = field(default_factory=list, metadata={
         "help": "names of the settings the user gave explicitly; the planner never changes them", "cli": False})
-    resume: bool = _f(False, "continue an interrupted run in OUT (optimizer, schedule, epoch, RNG)")
-    force: bool = _f(False, "replace an existing run folder OUT")
+    checkpoint_every: float = _f(60.0, "seconds between resume checkpoints (one is also written whenever the best "
+                                       "weights change, at the end, and on Ctrl-C or SIGTERM); 0 = after every step")
+    resume: bool = _f(False, "continue an interrupted run in OUT from its last checkpoint (weights, optimizer, "
+                             "schedule, position in the epoch, random states)")
+    force: bool = _f(False, "replace an existing run folder OUT; the new run trains in OUT.new and replaces OUT "
+                            "only when it has finished")
 
     def validate(self) -> TrainConfig:
         """Return self if every value is allowed; else raise one CatsegError listing all problems."""
@@ -114,10 +119,9 @@ class TrainConfig:
             except ValueError as exc:
                 problems.append(f"--time-budget: {exc}")
         if self.class_weights not in ("none", "auto"):
-            try:
-                [float(v) for v in self.class_weights.split(",")]
-            except ValueError:
-                problems.append(f"--class-weights {self.class_weights!r}: none, auto, or numbers like 1,3")
+            problems += _class_weight_problems(self.class_weights)
+        if not 0 <= self.checkpoint_every < float("inf"):
+            problems.append(f"--checkpoint-every {self.checkpoint_every}: seconds, 0 or more")
         if problems:
             raise CatsegError("invalid training settings", problems)
         return self
@@ -133,6 +137,18 @@ class TrainConfig:
     def from_dict(cls, doc: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+def _class_weight_problems(text: str) -> list[str]:
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        return [f"--class-weights {text!r}: none, auto, or numbers like 1,3"]
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        return [f"--class-weights {text!r}: every weight must be a finite number, 0 or more"]
+    if not any(w > 0 for w in weights):
+        return [f"--class-weights {text!r}: at least one weight must be above 0 (all zero would learn nothing)"]
+    return []
 
 
 def parse_duration(text: str) -> float:

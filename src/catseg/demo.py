@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from catseg.errors import CatsegError
+from catseg.files import atomic_write_json, replaced_on_success
+
+DEMO_MARKER = "catseg-demo.json"  # marks a folder `catseg demo` wrote, so --force replaces nothing else
+DEMO_FORMAT = "catseg-demo"
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +137,25 @@ def run_demo(out_dir: str | Path = "catseg-demo", time_budget: str = "60s", forc
     """Generate data, convert, train, evaluate and predict; return where everything is.
 
     `progress` is passed to catseg.train.fit (a per-step callback)."""
+    started = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise CatsegError(f"{out}: already exists. Pass --out elsewhere or --force to replace it.")
+    # --force replaces only a folder an earlier demo wrote (its marker file), and only once the new one is done.
+    with replaced_on_success(out, DEMO_MARKER, "a catseg demo folder", DEMO_FORMAT):
+        return _run_demo(out, time_budget, progress, size, width, started)
+
+
+def _run_demo(out: Path, time_budget: str, progress: Any, size: int, width: int, started: float) -> DemoReport:
     from catseg.config import TrainConfig
     from catseg.evaluate import evaluate
     from catseg.labelme import convert_labelme
     from catseg.predict import predict_files
     from catseg.train import fit
 
-    started = time.perf_counter()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise CatsegError(f"{out}: already exists. Pass --out elsewhere or --force to replace it.")
-        if not (out / "labelme").is_dir():
-            raise CatsegError(f"{out}: does not look like a demo folder; refusing to delete it even with --force.")
-        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / DEMO_MARKER, {"format": DEMO_FORMAT, "note": "written by catseg demo; --force may "
+                                                                          "replace this folder"})
     labelme_dir, dataset_dir, run_dir = out / "labelme", out / "dataset", out / "run"
     log.info("1/5 drawing 48 annotated photos as labelme JSON in %s", labelme_dir)
     make_synthetic_labelme(labelme_dir, count=48, seed=0)

@@ -6,7 +6,6 @@ import csv
 import io
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from catseg.bands import dataset_axis, read_bands
 from catseg.calibration import CalibrationAccumulator
 from catseg.data import read_dataset
 from catseg.errors import CatsegError
-from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable
-from catseg.images import read_image, read_mask
+from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable, replaced_on_success
+from catseg.images import check_mask_values, read_image, read_mask
 from catseg.metrics import MetricAccumulator
 from catseg.predict import Predictor
 from catseg.run import read_run_config, read_splits
@@ -67,8 +66,15 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
     if out.exists() and any(out.iterdir()):
         if not force:
             raise CatsegError(f"{out}: already exists. Pass --out elsewhere or --force to replace it.")
-        check_replaceable(out, "summary.json", "an evaluation folder")
-        shutil.rmtree(out)
+        check_replaceable(out, "summary.json", "an evaluation folder", inputs=[run_dir, dataset_dir])
+    with replaced_on_success(out, "summary.json", "an evaluation folder", inputs=[run_dir, dataset_dir]):
+        return _evaluate(run_dir, dataset_dir, split_name, stems, out, threshold, device, predictor, tta, tta_scales,
+                         report, report_worst)
+
+
+def _evaluate(run_dir: Path, dataset_dir: Path, split_name: str, stems: list[str], out: Path, threshold: float | None,
+              device: str, predictor: Predictor | None, tta: bool | None, tta_scales: Sequence[float], report: bool,
+              report_worst: int) -> dict[str, Any]:
     info = read_dataset(dataset_dir)
     predictor = predictor or Predictor.from_run(run_dir, device=device, tta=tta, tta_scales=tta_scales)
     if info.classes != predictor.classes:
@@ -84,7 +90,10 @@ def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = N
     for i, stem in enumerate(stems):
         image, mask = _read(info.image_path(stem), info.channels), read_mask(info.mask_path(stem))
         if image.shape[:2] != mask.shape:
-            raise CatsegError(f"{info.image_path(stem)}: image and mask sizes differ. Run `catseg check {dataset_dir}`.")
+            raise CatsegError(f"{info.image_path(stem)}: image is {image.shape[1]}x{image.shape[0]} but its mask "
+                              f"{info.mask_path(stem)} is {mask.shape[1]}x{mask.shape[0]}. Run `catseg check "
+                              f"{dataset_dir}` and re-create the mask.")
+        check_mask_values(mask, info.num_classes, info.ignore_index, info.mask_path(stem))
         probs = predictor.predict_proba(image)
         pred = predictor.labels_from_proba(probs, threshold)
         metrics.update(pred, mask, name=stem)

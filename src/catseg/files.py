@@ -6,11 +6,13 @@ This module imports no torch.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,52 @@ from catseg.errors import CatsegError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file so that a reader sees either the old file or the whole new one, never half."""
+    """Write a file so that a reader (or a crash, or a full disk) leaves either the old file or the whole
+    new one, never half: a temporary file beside it is flushed to disk, then renamed over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn a full disk or a read-only folder while writing `path` into a CatsegError that says what is
+    intact and what to do; other OSErrors pass through."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CatsegError(f"{path}: the disk is full (while writing it). Nothing already written was "
+                              "changed: the previous version of this file, if any, is intact. Free some space "
+                              "and run the command again.") from exc
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise CatsegError(f"{path}: cannot write here ({exc.strerror}). Choose a folder you can write to.") from exc
         raise
 
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (the folder entry), where the system allows opening folders."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, doc: Any) -> None:
@@ -78,7 +114,7 @@ def _is_marker(path: Path, fmt: str | None) -> bool:
         return True
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return False
     return isinstance(doc, dict) and doc.get("format") == fmt
 
@@ -94,3 +130,27 @@ def swap_in_place(new_dir: Path, out_dir: Path) -> None:
     os.replace(new_dir, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replaced_on_success(path: Path, marker: str, what: str, fmt: str | None = None,
+                        inputs: Sequence[str | Path | None] = ()) -> Iterator[None]:
+    """Let the with-block write a new folder at `path` while an existing one (catseg's own: check_replaceable)
+    waits beside it as `<path>.previous`; it is deleted only when the block succeeds, and put back when it fails.
+    Used where the new folder must be built at its final path (it records that path in its own files)."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        yield
+        return
+    check_replaceable(path, marker, what, fmt, inputs)
+    kept = path.with_name(path.name + ".previous")
+    if kept.exists():
+        raise CatsegError(f"{kept}: exists (kept from an earlier replacement of {path} that did not finish). Look "
+                          f"at it, then delete it or move it back to {path}.")
+    os.replace(path, kept)
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(kept, path)
+        raise
+    shutil.rmtree(kept, ignore_errors=True)

@@ -6,8 +6,12 @@ This module imports no torch, so converting and checking data stays fast.
 from __future__ import annotations
 
 import io
+import os
+import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,22 +42,73 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 
 
 
+# Decompression bombs: a tiny file that decodes to gigapixels. An image with more pixels than this is refused
+# from its header, never decoded. PIL's own guard is 89.5 MP (warning) and twice that (error); catseg uses one
+# limit the user can raise (`catseg --max-pixels N ...` or CATSEG_MAX_PIXELS=N).
+DEFAULT_MAX_PIXELS = 178_956_970
+MAX_PIXELS_ENV = "CATSEG_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    """Return the largest width x height catseg decodes (CATSEG_MAX_PIXELS, else DEFAULT_MAX_PIXELS)."""
+    text = os.environ.get(MAX_PIXELS_ENV, "")
+    try:
+        value = int(text) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise CatsegError(f"{MAX_PIXELS_ENV}={text!r}: give a whole number of pixels, e.g. 400000000") from None
+    if value < 1:
+        raise CatsegError(f"{MAX_PIXELS_ENV}={text!r}: must be at least 1")
+    return value
+
+
 def open_image(path_or_bytes: str | Path | bytes, name: str | None = None, decode: bool = True) -> Image.Image:
-    """Return a PIL image, identified by content not extension; a CatsegError names unreadable files.
+    """Return a PIL image, identified by content not extension; a CatsegError names unreadable files
+    and images past the pixel limit (`max_pixels`), which are refused from their header, never decoded.
 
     With decode=False only the header is read (size, mode, EXIF), so a JPEG can still be decoded at a
     reduced scale with `draft`.
     """
     label = name or str(path_or_bytes if not isinstance(path_or_bytes, bytes) else "<embedded image>")
+    limit = max_pixels()
     try:
         source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
-        image = Image.open(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # catseg's own limit is below
+            image = _open_unguarded(source)
+        width, height = image.size
+        if width * height > limit:
+            raise CatsegError(f"{label}: {width} x {height} = {width * height:,} pixels, more than the limit of "
+                              f"{limit:,} (a guard against decompression bombs; nothing was decoded). If the image "
+                              f"is genuine, raise the limit: catseg --max-pixels {width * height} ... "
+                              f"(or {MAX_PIXELS_ENV}={width * height}).")
         if decode:
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CatsegError(f"{label}: cannot read this image ({exc}). Re-export it as JPEG or PNG.") from exc
+    except CatsegError:
+        raise
+    except DECODE_ERRORS as exc:
+        raise unreadable(label, exc) from exc
     return image
 
+
+# PIL's decoders raise many types on crafted or damaged files; each of them means "cannot read this image".
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+                 KeyError, ZeroDivisionError, MemoryError, struct.error, Image.DecompressionBombError)
+
+
+def unreadable(label: str | Path, exc: BaseException) -> CatsegError:
+    """Return the error for an image file that cannot be decoded, naming it and the fix."""
+    return CatsegError(f"{label}: cannot read this image ({type(exc).__name__}: {exc}). The file may be "
+                       "truncated or not an image; re-export it as JPEG or PNG.")
+
+
+def _open_unguarded(source: Any) -> Image.Image:
+    """Image.open without PIL's own pixel guard (open_image applies catseg's, with the user's limit)."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(source)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -78,13 +133,33 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Return the photo at `path` as (H, W, 3) uint8 RGB with EXIF orientation applied."""
-    return to_rgb_array(open_image(path))
+    image = open_image(path)
+    try:
+        return to_rgb_array(image)
+    except DECODE_ERRORS as exc:
+        raise unreadable(path, exc) from exc
 
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Return a mask PNG as (H, W) uint8 class ids; a colour (RGB) mask is an error naming the fix."""
-    return mask_ids(open_image(path), path)
+    image = open_image(path)
+    try:
+        return mask_ids(image, path)
+    except DECODE_ERRORS as exc:
+        raise unreadable(path, exc) from exc
+
+
+def check_mask_values(mask: np.ndarray, num_classes: int, ignore_index: int, path: str | Path) -> None:
+    """Raise a CatsegError naming the mask file when it holds ids that are neither a class nor the ignore value
+    (the loss would fail on them, on CUDA with a device-side assert)."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    bad = [v for v in np.flatnonzero(counts) if v >= num_classes and v != ignore_index]
+    if bad:
+        shown = ", ".join(str(int(v)) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
+        raise CatsegError(f"{path}: mask values {shown} are not class ids: the dataset has {num_classes} classes "
+                          f"(0-{num_classes - 1}) and {ignore_index} = ignore. Fix the mask, or the classes in "
+                          "dataset.json; `catseg check` lists every such file.")
 
 
 

@@ -33,6 +33,7 @@ from catseg.bands import (
 from catseg.data import DatasetWriter, dataset_json, iter_files, provenance
 from catseg.errors import CatsegError
 from catseg.images import (
+    IMAGE_EXTENSIONS,
     exif_orientation,
     image_bytes_for_dataset,
     mask_png_bytes,
@@ -120,7 +121,8 @@ def read_labels_file(path: Path) -> dict[str, int]:
 
 def _labels_from_sources(sources: list[_Source]) -> dict[str, int]:
     """Return {label: id} for every label in the folder: background 0, the rest sorted from 1."""
-    found = {s.get("label") for src in sources for s in src.doc.get("shapes") or [] if isinstance(s, dict)}
+    found = {s.get("label") for src in sources for s in src.doc.get("shapes") or []
+             if isinstance(s, dict) and isinstance(s.get("label"), str)}
     # "background" is left out so files using it get a clear per-file problem instead of a clash.
     special = (IGNORE_LABEL, BACKGROUND_LABEL, "background")
     names = sorted(n for n in found if isinstance(n, str) and n and n not in special)
@@ -141,6 +143,8 @@ def _read_doc(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Invalid(f"not valid JSON ({exc}); re-save it in labelme") from exc
+    except RecursionError:
+        raise Invalid("not a labelme file (JSON nested too deeply to read); move it out of the folder") from None
     except OSError as exc:
         raise Invalid(f"cannot read it ({exc})") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
@@ -169,6 +173,10 @@ def _image_bytes(path: Path, doc: dict[str, Any]) -> tuple[bytes, str, bool]:
     if isinstance(image_path, str) and image_path:
         candidate = path.parent / PureWindowsPath(image_path).as_posix()  # labelme on Windows writes "\\"
     if candidate is not None and candidate.is_file():
+        if candidate.suffix.lower() not in IMAGE_EXTENSIONS:
+            # imagePath is untrusted: convert reads image files only, never e.g. imagePath "../../.ssh/id_rsa"
+            raise Invalid(f"its imagePath {image_path!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)}); "
+                          "point it at the photo that was annotated")
         try:
             return candidate.read_bytes(), str(candidate), False
         except OSError as exc:

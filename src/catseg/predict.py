@@ -22,7 +22,7 @@ from catseg.bands import BAND_EXTENSIONS, band_header, false_colour, read_bands
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes
 from catseg.hardware import Forward, precision_name, resolve_device, resolve_precision
-from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, read_image
+from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, open_image, read_image
 from catseg.models import create_model, load_weights, rebuild_kwargs
 from catseg.postprocess import Postprocess
 from catseg.run import WEIGHTS, RunConfig, read_run_config
@@ -157,10 +157,9 @@ def _check_readable(files: Sequence[Path], channels: int | None = None) -> None:
                 problems.append(str(exc))
             continue
         try:
-            with Image.open(f) as im:
-                im.size
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            problems.append(f"{f}: cannot read this image ({exc.__class__.__name__}); re-export it as JPEG or PNG")
+            open_image(f, decode=False).close()  # header only; the pixel limit applies
+        except CatsegError as exc:
+            problems.append(str(exc))
     if problems:
         raise CatsegError(f"{len(problems)} of {len(files)} inputs are not readable images; nothing was written",
                           problems)
@@ -176,22 +175,43 @@ def _output_paths(files: Sequence[Path], out_dir: Path, formats: Sequence[str], 
         stems[f.stem] = f
     if problems:
         raise CatsegError("clashing input names", problems)
-    plan = {}
-    for f in files:
-        outputs: dict[str, list[Path]] = {}
-        for fmt in formats:
-            if fmt == "mask":
-                outputs[fmt] = [out_dir / f"{f.stem}.png"]
-            elif fmt == "overlay":
-                outputs[fmt] = [out_dir / f"{f.stem}_overlay.jpg"]
-            elif fmt == "prob":
-                outputs[fmt] = [out_dir / f"{f.stem}_prob_{_safe(c)}.png" for c in classes]
-            elif fmt == "npy":
-                outputs[fmt] = [out_dir / f"{f.stem}_prob.npy"]
-            elif fmt == "labelme":
-                outputs[fmt] = [annotation_path(out_dir, f)]
-        plan[f] = outputs
+    plan = {f: _outputs_of(f, out_dir, formats, classes) for f in files}
+    _check_collisions(plan)
     return plan
+
+
+def _check_collisions(plan: dict[Path, dict[str, list[Path]]]) -> None:
+    """Raise one CatsegError naming every output file that two outputs of this call would both write (a photo
+    `a_prob_cat.jpg` beside `a.jpg`, or class names that sanitise to the same file name), before any is written."""
+    owners: dict[Path, str] = {}
+    problems = []
+    for photo, outputs in plan.items():
+        for fmt, paths in outputs.items():
+            for path in paths:
+                what = f"the {fmt} output of {photo}"
+                if path in owners and owners[path] != what:
+                    problems.append(f"{path.name}: would be written as {owners[path]} and as {what}")
+                owners.setdefault(path, what)
+    if problems:
+        raise CatsegError("two outputs of this call would have the same file name; nothing was written. Rename a "
+                          "photo (or a class), or predict the photos into separate --out folders", problems)
+
+
+def _outputs_of(f: Path, out_dir: Path, formats: Sequence[str], classes: Sequence[str]) -> dict[str, list[Path]]:
+    """Return {format: output paths} of one photo."""
+    outputs: dict[str, list[Path]] = {}
+    for fmt in formats:
+        if fmt == "mask":
+            outputs[fmt] = [out_dir / f"{f.stem}.png"]
+        elif fmt == "overlay":
+            outputs[fmt] = [out_dir / f"{f.stem}_overlay.jpg"]
+        elif fmt == "prob":
+            outputs[fmt] = [out_dir / f"{f.stem}_prob_{_safe(c)}.png" for c in classes]
+        elif fmt == "npy":
+            outputs[fmt] = [out_dir / f"{f.stem}_prob.npy"]
+        elif fmt == "labelme":
+            outputs[fmt] = [annotation_path(out_dir, f)]
+    return outputs
 
 
 def _safe(name: str) -> str:
@@ -288,10 +308,7 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
                      len(skipped), out_dir, ", ".join(map(str, skipped)))
         plan = {f: plan[f] for f in files}
         labels_txt = check_labels_file(out_dir, predictor.classes, force)
-    inputs = {f.resolve() for f in files}
-    clobbered = [p for outs in plan.values() for paths in outs.values() for p in paths if p.resolve() in inputs]
-    if clobbered:
-        raise CatsegError(f"{clobbered[0]}: is an input photo and an output name; choose another --out")
+    _check_out_dir(files, out_dir, formats)
     existing = [p for outs in plan.values() for paths in outs.values() for p in paths if p.exists()]
     if existing and not force:
         raise CatsegError(f"{len(existing)} output files already exist (first: {existing[0]}). "
@@ -301,9 +318,9 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     if labels_txt is not None:
         atomic_write_bytes(out_dir / LABELS_FILE, labels_txt.encode("utf-8"))
         written.append(out_dir / LABELS_FILE)
+    unreadable: list[str] = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        images = [read_image(f) if bands is None else read_bands(f, channels=bands.channels) for f in chunk]
+        chunk, images = _decode_chunk(files[start:start + batch_size], unreadable, bands.channels if bands else None)
         for f, image, (probs, mask) in zip(chunk, images, _predict_chunk(predictor, images, threshold)):
             if bands is not None and "overlay" in formats:  # overlays are drawn on the false-colour preview
                 image = false_colour(image, bands.preview)
@@ -314,7 +331,38 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
                     atomic_write_bytes(path, data)
                     written.append(path)
         log.info("predicted %d/%d", min(start + batch_size, len(files)), len(files))
+    if unreadable:
+        raise CatsegError(f"{len(unreadable)} of {len(files)} photos could not be decoded (the other "
+                          f"{len(files) - len(unreadable)} were predicted into {out_dir})", unreadable)
     return written
+
+
+def _decode_chunk(chunk: Sequence[Path], unreadable: list[str], channels: int | None = None
+                  ) -> tuple[list[Path], list[np.ndarray]]:
+    """Return the photos of `chunk` that decode and their pixels (band images of `channels` bands when given);
+    a damaged file (a truncated download whose header still reads) is added to `unreadable` instead of
+    stopping the photos after it."""
+    kept, images = [], []
+    for f in chunk:
+        try:
+            images.append(read_image(f) if channels is None else read_bands(f, channels=channels))
+            kept.append(f)
+        except CatsegError as exc:
+            unreadable.append(str(exc))
+    return kept, images
+
+
+def _check_out_dir(files: Sequence[Path], out_dir: Path, formats: Sequence[str]) -> None:
+    """Refuse an --out that holds input photos: image outputs there are named like photos (`a.png` for
+    `a.jpg`'s mask, beside an input `a.png`), so one typo would overwrite the user's photos. labelme JSONs
+    alone may go beside their photos (labelme's own layout; existing JSONs are skipped unless --force)."""
+    if set(formats) <= {"labelme"}:
+        return
+    out = out_dir.resolve()
+    inside = [f for f in files if f.resolve().parent == out]
+    if inside:
+        raise CatsegError(f"{out_dir}: holds {len(inside)} of the input photos (first: {inside[0]}); predicted "
+                          "masks written there could replace photos. Choose another --out folder.")
 
 
 def _labelme_bytes(photo: Path, json_path: Path, mask: np.ndarray, classes: Sequence[str],

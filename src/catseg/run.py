@@ -2,9 +2,10 @@
 
     RUN/config.json        model name + kwargs, classes, colours, normalisation, size policy,
                            threshold, training settings, scores, versions
-    RUN/model.safetensors  weights of the best epoch (by validation mIoU)
-    RUN/last.safetensors   weights of the last finished epoch   } for --resume
-    RUN/train_state.pt     optimizer, schedule, epoch, history  } (tensors only, weights_only load)
+    RUN/model.safetensors  weights of the best epoch (by validation mIoU); its header names that epoch
+    RUN/train_state.pt     the checkpoint for --resume, one file: weights, optimizer, scaler, schedule
+                           position, RNG states, history and best score (tensors and plain values only,
+                           loaded with weights_only=True)
     RUN/splits.json        the train and val stems
     RUN/metrics.csv        one row per validated epoch
     RUN/curves.png         loss and mIoU curves
@@ -17,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import shutil
 from collections.abc import Sequence
@@ -28,19 +30,24 @@ import torch
 
 from catseg.config import RESIZE, TrainConfig
 from catseg.errors import CatsegError
-from catseg.files import atomic_write_bytes, atomic_write_json
+from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable, swap_in_place
 from catseg.models import save_weights
+from catseg.models.weights import read_metadata
 from catseg.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
 
 RUN_FORMAT = "catseg-run"
 RUN_VERSION = 1
 CONFIG_JSON = "config.json"
 WEIGHTS = "model.safetensors"
-LAST_WEIGHTS = "last.safetensors"
+LAST_WEIGHTS = "last.safetensors"  # written by catseg before the one-file checkpoint; still read by --resume
 TRAIN_STATE = "train_state.pt"
 SPLITS_JSON = "splits.json"
 METRICS_CSV = "metrics.csv"
 CURVES_PNG = "curves.png"
+NEW_SUFFIX = ".new"  # --force trains the replacement of OUT in OUT.new
+BEST_METADATA = "catseg_best"  # model.safetensors header: the BestEpoch of the weights, as JSON
 
 
 @dataclass
@@ -109,19 +116,34 @@ class RunConfig:
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
-    """Return the RunConfig of a run folder, with a clear error when it is not one."""
+    """Return the RunConfig of a run folder with weights, with a clear error when it is not one."""
     run_dir = Path(run_dir)
+    config = read_run_config_unchecked(run_dir)
+    if not (run_dir / WEIGHTS).is_file():
+        raise CatsegError(f"{run_dir / WEIGHTS}: missing; the run has not finished an epoch yet.")
+    best = weights_best(run_dir)
+    if best is not None and best.epoch != config.scores.get("best_epoch"):
+        # Training stopped between writing the weights and config.json: the weights' own header is right.
+        log.warning("%s: config.json describes epoch %s but the weights are from epoch %d (training stopped "
+                    "between the two writes); using the weights' threshold. `catseg train --resume --out %s` "
+                    "rewrites config.json.", run_dir, config.scores.get("best_epoch"), best.epoch, run_dir)
+        epochs = int(config.scores.get("epochs") or best.epoch)
+        config = replace(config, threshold=best.threshold, scores={**config.scores, **best.scores(epochs)})
+    return config
+
+
+def read_run_config_unchecked(run_dir: Path) -> RunConfig:
+    """Return what config.json says, whether or not the run has weights yet (--resume reads it so)."""
     path = run_dir / CONFIG_JSON
     if not path.is_file():
         raise CatsegError(f"{run_dir}: no {CONFIG_JSON}; give a run folder written by `catseg train --out`.")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CatsegError(f"{path}: not valid JSON ({exc}).") from exc
-    config = RunConfig.from_json(doc, path)
-    if not (run_dir / WEIGHTS).is_file():
-        raise CatsegError(f"{run_dir / WEIGHTS}: missing; the run has not finished an epoch yet.")
-    return config
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CatsegError(f"{path}: not valid JSON ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(doc, dict):
+        raise CatsegError(f"{path}: not a catseg run description (not a JSON object). Train one with `catseg train`.")
+    return RunConfig.from_json(doc, path)
 
 
 def read_splits(run_dir: str | Path) -> dict[str, list[str]]:
@@ -192,24 +214,73 @@ def plot_curves(path: Path, history: Sequence[dict[str, Any]], classes: Sequence
     atomic_write_bytes(path, buf.getvalue())
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Return the run folder for `config`, created empty, or the existing one when resuming. An existing
-    folder is replaced only with --force and only when catseg wrote it."""
+def prepare_run_dir(config: TrainConfig) -> tuple[Path, Path | None]:
+    """Return (the folder to train into, the run folder it will replace or None).
+
+    A new run goes straight into `config.out`. With --force over an existing run, the old run stays untouched
+    while the new one trains in the sibling `OUT.new`, which replaces OUT only once training has finished;
+    an interrupted replacement is resumed with `--resume --out OUT.new`. Only a folder catseg wrote (its
+    config.json says format catseg-run) is ever replaced, and never the dataset being trained on.
+    """
     run_dir = Path(config.out)
     if config.resume:
         if not (run_dir / TRAIN_STATE).is_file():
             raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not config.force:
-            raise CatsegError(f"{run_dir}: already exists and is not empty. Choose another --out, add --resume "
-                              "to continue it, or --force to replace it.")
-        if (run_dir / CONFIG_JSON).is_file() or (run_dir / TRAIN_STATE).is_file():
-            shutil.rmtree(run_dir)
-        else:
-            raise CatsegError(f"{run_dir}: is not a catseg run folder; refusing to delete it even with --force.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+        return run_dir, None
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, None
+    if not config.force:
+        raise CatsegError(f"{run_dir}: already exists and is not empty. Choose another --out, add --resume "
+                          "to continue it, or --force to replace it (the old run is kept until the new one has "
+                          "finished).")
+    check_replaceable(run_dir, CONFIG_JSON, "a catseg run folder", RUN_FORMAT, inputs=[config.dataset])
+    staging = run_dir.with_name(run_dir.name + NEW_SUFFIX)
+    if staging.exists():
+        check_replaceable(staging, CONFIG_JSON, "a catseg run folder", RUN_FORMAT, inputs=[config.dataset])
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging, run_dir
+
+
+def replace_run(staging: Path, target: Path) -> Path:
+    """Move the finished run `staging` over `target` (still a catseg run folder) and return where it is now."""
+    if target.exists():
+        try:
+            check_replaceable(target, CONFIG_JSON, "a catseg run folder", RUN_FORMAT)
+        except CatsegError as exc:
+            log.warning("the new run stays in %s: %s", staging, exc)
+            return staging
+    swap_in_place(staging, target)
+    return target
+
+
+def read_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """Return the resume checkpoint of a run folder: tensors and plain values only (never unpickles objects)."""
+    path = run_dir / TRAIN_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.") from None
+    except Exception as exc:  # pickle.UnpicklingError for a foreign object, RuntimeError for a damaged zip
+        raise CatsegError(f"{path}: not a catseg checkpoint that can be loaded safely ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}). catseg loads tensors and plain values "
+                          "only; start the run again without --resume.") from exc
+    if not isinstance(state, dict) or "epoch" not in state or "optimizer" not in state:
+        raise CatsegError(f"{path}: not a catseg checkpoint (no epoch and optimizer state). Start the run again "
+                          "without --resume.")
+    return state
+
+
+def weights_best(run_dir: Path) -> BestEpoch | None:
+    """Return the BestEpoch recorded in model.safetensors' header (None for weights written before catseg did)."""
+    text = read_metadata(run_dir / WEIGHTS).get(BEST_METADATA)
+    if not text:
+        return None
+    try:
+        return BestEpoch.from_json(json.loads(text))
+    except (json.JSONDecodeError, TypeError):
+        return None
 
 
 @dataclass
@@ -253,13 +324,14 @@ class RunFolder:
 
     def save_best(self, model: torch.nn.Module, best: BestEpoch, history: Sequence[dict[str, Any]],
                   epochs: int) -> None:
-        """Write the best weights and, right after, config.json with their threshold and scores."""
-        save_weights(model, self.root / WEIGHTS)
+        """Write the best weights (their header names the epoch, score and threshold) and, right after,
+        config.json with the same threshold and scores. A stop between the two leaves the header as the
+        truth: read_run_config and --resume both prefer it."""
+        save_weights(model, self.root / WEIGHTS, metadata={BEST_METADATA: json.dumps(best.to_json())})
         self.write_config(best, history, epochs, plot=False)
 
-    def save_checkpoint(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
-        """Write the last weights and the resume state (tensors and plain values only)."""
-        save_weights(model, self.root / LAST_WEIGHTS)
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write the resume checkpoint as one file, atomically and durably (tensors and plain values only)."""
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.root / TRAIN_STATE, buf.getvalue())

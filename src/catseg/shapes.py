@@ -76,8 +76,8 @@ def shapes_to_mask(shapes: list[dict[str, Any]], height: int, width: int, label_
     """Return the (H, W) uint8 class-id mask of labelme shapes, drawn in order (the last one wins)."""
     mask = np.zeros((height, width), dtype=np.uint8)
     for shape in shapes:
-        label = shape["label"]
-        if label not in label_to_id:
+        label = shape.get("label")
+        if not isinstance(label, str) or label not in label_to_id:
             raise ValueError(f"label {label!r} has no id in label_to_id")
         value = label_to_id[label]
         if not 0 <= value <= 255:
@@ -138,7 +138,7 @@ def shape_problem(shape: Any) -> str | None:
 
 def _geometry_problem(shape: dict[str, Any]) -> str | None:
     points, shape_type = shape.get("points"), shape.get("shape_type") or "polygon"
-    if shape_type not in _POINT_COUNTS:
+    if not isinstance(shape_type, str) or shape_type not in _POINT_COUNTS:
         return f"has unknown shape_type {shape_type!r}; catseg reads {', '.join(_POINT_COUNTS)}"
     if not isinstance(points, list) or not all(
         isinstance(p, (list, tuple)) and len(p) == 2

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catseg import checkpoint
 from catseg.augment import AugmentedDataset, cache_side, seed_worker
 from catseg.cache import (CachedSample, band_preprocess, cache_fits_in_memory, cache_samples,
                           with_train_statistics)
@@ -32,8 +33,7 @@ from catseg.losses import SegmentationLoss, class_weights_from_frequency
 from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for
 from catseg.planner import plan_training, resolve_auto
 from catseg.preprocess import Preprocess
-from catseg.run import (LAST_WEIGHTS, TRAIN_STATE, WEIGHTS, BestEpoch, RunConfig, RunFolder, prepare_run_dir,
-                        read_run_config, versions)
+from catseg.run import WEIGHTS, BestEpoch, RunConfig, RunFolder, prepare_run_dir, replace_run, versions
 from catseg.steps import Clock, StepContext, grown_size, learning_rate, param_groups, timed_batches, train_step
 from catseg.validation import choose_finish, validate
 
@@ -107,6 +107,12 @@ class Training:
     val_seconds: float = 0.0  # validation time so far, kept to a small share of the training time
     last_line: float = 0.0
     last_files: float = 0.0
+    last_checkpoint: float = field(default_factory=time.perf_counter)
+    batch: int = 0  # batches done in the current epoch (a checkpoint taken mid-epoch resumes after them)
+    skip: int = 0  # batches of the first epoch after a mid-epoch resume that were already trained
+    stop_signal: int = 0  # SIGINT or SIGTERM received: checkpoint after this step and stop
+    replaces: Path | None = None  # --force: the old run folder this one replaces when it has finished
+    resume_rng: dict[str, Any] | None = None  # RNG states to restore once the skipped batches are drawn
 
     @property
     def steps_per_epoch(self) -> int:
@@ -122,15 +128,15 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
     """Train a model as `config` says and return what it reached; the run folder is `config.out`.
 
     `progress`, when given, is called after every step with a StepReport (the CLI draws a bar with it).
+    SIGINT and SIGTERM write a checkpoint and stop with TrainingStopped, which says how to resume.
     """
     started = time.perf_counter()
     config.validate()
     state: dict[str, Any] | None = None
     if config.resume:
-        config, state = _load_resume(Path(config.out), config)
+        config, state = checkpoint.load_resume(Path(config.out), config)
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
-    run_dir = prepare_run_dir(config)
     config, plan_doc = _plan(config, info, train_stems)
     config, notes = resolve_auto(config)
     for note in notes:
@@ -142,25 +148,34 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
     norm = preprocessing_for(config.model, kwargs)
     pre = Preprocess(config.size, config.resize, config.patch, tuple(norm["mean"]), tuple(norm["std"]))
     pre = band_preprocess(pre, info)  # band images: per-band statistics instead of the model's RGB ones
+    # an unknown model or encoder fails here, before decoding
+    model = _new_model(config, info, kwargs, device, pre.channels)
+    run_dir, replaces = prepare_run_dir(config)  # nothing of an old run is touched before this point
+    if state is not None:
+        replaces = Path(state["replaces"]) if state.get("replaces") else None
     threads = intra_op_threads(workers) if device.type == "cpu" else contextlib.nullcontext(torch.get_num_threads())
     with threads as used_threads, _decoded(info, config, pre, train_stems, val_stems) as (train_cache, val_cache):
         pre = with_train_statistics(pre, train_cache)
         run_config = RunConfig(
             model=config.model, model_kwargs=kwargs, in_channels=pre.channels, classes=info.classes,
             colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, preprocess=pre,
-            train={**config.to_dict(), "precision_used": precision_name(dtype), "device_used": str(device),
-                   "workers_used": workers, "threads_used": used_threads, "plan": plan_doc},
+            train={**config.to_dict(), "out": str(replaces or run_dir), "precision_used": precision_name(dtype),
+                   "device_used": str(device), "workers_used": workers, "threads_used": used_threads,
+                   "plan": plan_doc},
             versions=versions(), dataset=str(Path(config.dataset).resolve()))
         training = _set_up(config, info, RunFolder(run_dir, run_config), train_cache, val_cache,
-                           Forward(_new_model(config, info, kwargs, device, pre.channels), device, dtype), workers)
+                           Forward(model, device, dtype), workers)
+        training.replaces = replaces
         training.folder.write_splits(train_stems, val_stems)
-        elapsed_before = _resume(training, state) if state is not None else 0.0
+        if state is None:
+            training.folder.write_config(training.best, [], 0, plot=False)  # marks the folder as catseg's run
+        elapsed_before = checkpoint.resume(training, state) if state is not None else 0.0
         training.clock = _start_clock(config, started, elapsed_before, training.steps_per_epoch)
         training.ctx.model.train()
-        while not training.clock.finished(training.step):
-            _train_one_epoch(training, progress)
-            if _validation_due(training):
-                improved = _validate_and_keep_best(training)
+        with checkpoint.stop_requests(training):
+            while not training.clock.finished(training.step):
+                _train_one_epoch(training, progress)
+                improved = _validate_and_keep_best(training) if _validation_due(training) else False
                 _write_progress(training, improved)
         return _finish(training, started)
 
@@ -220,16 +235,6 @@ def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cac
     return Training(config, info, folder, ctx, optimizer, dataset, val_cache, workers, Clock(time.perf_counter()))
 
 
-def _resume(training: Training, state: dict[str, Any]) -> float:
-    """Load the last checkpoint into `training`; return the seconds trained before."""
-    load_weights(training.ctx.model, training.folder.root / LAST_WEIGHTS)
-    training.optimizer.load_state_dict(state["optimizer"])
-    training.epoch, training.step = int(state["epoch"]), int(state["step"])
-    training.history, training.best = list(state["history"]), BestEpoch.from_json(dict(state["best"]))
-    log.info("resuming %s after epoch %d", training.folder.root, training.epoch)
-    return float(state["elapsed"])
-
-
 def _start_clock(config: TrainConfig, started: float, elapsed_before: float, steps_per_epoch: int) -> Clock:
     budget = config.time_budget_s
     loop_start = time.perf_counter() - elapsed_before
@@ -241,7 +246,8 @@ def _start_clock(config: TrainConfig, started: float, elapsed_before: float, ste
 
 # ----------------------------------------------------------------------------- one epoch
 def _train_one_epoch(t: Training, progress: Progress | None) -> None:
-    """Run the optimisation steps of one epoch (fewer when the clock runs out during it)."""
+    """Run the optimisation steps of one epoch (fewer when the clock runs out during it), writing a checkpoint
+    every --checkpoint-every seconds and when a stop is requested."""
     config, device = t.config, t.ctx.device
     t.epoch += 1
     if config.size_start:
@@ -252,17 +258,24 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
         t.dataset, batch_size=config.batch_size, shuffle=True, drop_last=t._drop_last, num_workers=t.workers,
         worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
         generator=torch.Generator().manual_seed(config.seed * 1000 + t.epoch))
-    epoch_start, n_steps = time.perf_counter(), 0
-    for wait, (images, masks) in timed_batches(loader):
+    epoch_start, n_steps, t.batch = time.perf_counter(), 0, 0
+    batches = timed_batches(loader)
+    if t.skip:  # resumed mid-epoch: draw the batches already trained (same order and augmentation), unused
+        for _ in zip(range(t.skip), batches):
+            t.batch += 1
+        t.skip = 0
+        checkpoint.set_rng_state(t.resume_rng)
+        t.resume_rng = None
+    for wait, (images, masks) in batches:
         t.window.waited += wait
         t.lr = learning_rate(t.clock.progress(t.step), config.lr, config.warmup)
         for group in t.optimizer.param_groups:
             group["lr"] = t.lr * group.get("lr_scale", 1.0)
         loss = train_step(t.ctx, t.optimizer, images, masks)
         if not math.isfinite(loss):
-            raise CatsegError(f"training diverged at epoch {t.epoch} step {t.step} (loss {loss}). "
-                              "Lower --lr, or use --precision fp32.")
+            checkpoint.diverged(t, f"the loss is {loss}")
         t.step += 1
+        t.batch += 1
         n_steps += 1
         t.window.steps += 1
         t.window.loss_sum += loss * len(images)
@@ -272,8 +285,13 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
                                 n_steps * config.batch_size / max(1e-9, time.perf_counter() - epoch_start)))
         if t.clock.finished(t.step):
             break
+        if t.stop_signal:
+            checkpoint.stop_now(t)
+        if time.perf_counter() - t.last_checkpoint >= config.checkpoint_every:
+            checkpoint.write_checkpoint(t)
     if device.type == "cuda":
         torch.cuda.synchronize()
+    t.batch = 0  # the epoch is complete
     t.epoch_seconds = time.perf_counter() - epoch_start
     t.window.seconds += t.epoch_seconds
 
@@ -318,15 +336,17 @@ def _validate_and_keep_best(t: Training) -> bool:
 
 
 def _write_progress(t: Training, improved: bool) -> None:
-    """Write the resume checkpoint, metrics.csv and the plot at most every 20 s (and at the end); the best
-    weights and their config.json were already written by _validate_and_keep_best."""
-    if not (t.clock.finished(t.step) or time.perf_counter() - t.last_files >= 20.0):
-        return
-    t.last_files = time.perf_counter()
-    t.folder.save_checkpoint(t.ctx.model, {
-        "optimizer": t.optimizer.state_dict(), "epoch": t.epoch, "step": t.step, "elapsed": t.clock.elapsed(),
-        "history": t.history, "best": t.best.to_json()})
-    t.folder.write_config(t.best, t.history, t.epoch)
+    """After an epoch: write the checkpoint whenever the best changed (so a resumed run starts from the same best),
+    every --checkpoint-every seconds, at the end and on a stop request; metrics.csv and the plot at most every
+    20 s. The best weights and their config.json were already written by _validate_and_keep_best."""
+    done = t.clock.finished(t.step)
+    if improved or done or t.stop_signal or time.perf_counter() - t.last_checkpoint >= t.config.checkpoint_every:
+        checkpoint.write_checkpoint(t)
+    if t.stop_signal and not done:
+        checkpoint.stop_now(t)
+    if done or time.perf_counter() - t.last_files >= 20.0:
+        t.last_files = time.perf_counter()
+        t.folder.write_config(t.best, t.history, t.epoch)
 
 
 # ----------------------------------------------------------------------------- finish
@@ -343,7 +363,8 @@ def _finish(t: Training, started: float) -> FitResult:
              f"clean-up {cleanup.describe()}" if cleanup.active else "no clean-up")
     t.folder.write_config(t.best, t.history, t.epoch, postprocess=cleanup.to_json() if cleanup.active else {},
                           tta={"flip": True} if mirror else {})
-    return FitResult(t.folder.root, t.epoch, t.best.epoch, float(t.best.val_miou), t.best.threshold,
+    where = replace_run(t.folder.root, t.replaces) if t.replaces is not None else t.folder.root
+    return FitResult(where, t.epoch, t.best.epoch, float(t.best.val_miou), t.best.threshold,
                      time.perf_counter() - started, t.history)
 
 
@@ -362,14 +383,3 @@ def _class_weights(config: TrainConfig, samples: Sequence[CachedSample], info: D
         raise CatsegError(f"--class-weights has {len(weights)} values; the dataset has {info.num_classes} classes "
                           f"({', '.join(info.classes)})")
     return weights
-
-
-def _load_resume(run_dir: Path, config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
-    """Return the stored settings (with this call's device) and the saved training state."""
-    if not (run_dir / TRAIN_STATE).is_file():
-        raise CatsegError(f"{run_dir}: nothing to resume (no {TRAIN_STATE}). Start it without --resume.")
-    stored = read_run_config(run_dir).train
-    resumed = TrainConfig.from_dict({**stored, "resume": True, "force": False, "device": config.device,
-                                     "out": str(run_dir), "no_plan": True})  # the stored settings were planned
-    state = torch.load(run_dir / TRAIN_STATE, map_location="cpu", weights_only=True)
-    return resumed.validate(), state

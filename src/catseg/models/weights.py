@@ -3,35 +3,47 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_model
+from safetensors.torch import save
 from torch import nn
 
 from catseg.errors import CatsegError
+from catseg.files import atomic_write_bytes
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Return `path` after writing the model's state dict to it as safetensors, atomically.
+def save_weights(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> Path:
+    """Return `path` after writing the model's state dict to it as safetensors, atomically and durably.
 
-    The file is written next to `path` under a temporary name and renamed over it, so a crash never
-    leaves a half-written weights file. Tied (shared) tensors are stored once (safetensors.save_model).
+    The bytes go to a temporary file beside `path` that is flushed and renamed over it, so a crash or a
+    full disk never leaves a half-written weights file. Tied (shared) tensors are stored once. `metadata`
+    (strings) goes into the file's header, e.g. which epoch the weights are from.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    state = model.state_dict()
+    for names in _tie_groups(state):
+        for name in names[1:]:
+            state.pop(name)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    atomic_write_bytes(path, save({k: v.clone() if _shares_storage(v) else v for k, v in tensors.items()},
+                                  metadata={"format": "pt", **(metadata or {})}))
+    return Path(path)
+
+
+def _shares_storage(tensor: torch.Tensor) -> bool:
+    """True for a view into a larger storage (safetensors stores whole, non-overlapping tensors only)."""
+    return tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size()
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Return the header metadata of a safetensors file ({} when it has none or cannot be read)."""
     try:
-        save_model(model, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # a foreign or corrupt file: load_weights names it when it matters
+        return {}
 
 
 def _tie_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:

@@ -22,7 +22,6 @@ from catseg.models import (
     register_model,
     registry,
     save_weights,
-    weights,
 )
 from catseg.models.unet import UNet
 

@@ -115,8 +115,8 @@ def test_config_json_follows_every_new_best_epoch(tmp_path: Path, tiny_dataset: 
 
     real_save = run_module.save_weights
 
-    def save(model, path):
-        real_save(model, path)
+    def save(model, path, **kw):
+        real_save(model, path, **kw)
         if path.name == "model.safetensors":
             state["saved"] = state["epoch"]
 

@@ -87,6 +87,7 @@ def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> N
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after training
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_real_training_process_then_resume_to_the_end(tmp_path: Path) -> None:
     data = make_tiny_dataset(tmp_path / "d", count=16)
     run = tmp_path / "run"

@@ -66,6 +66,25 @@ class CalibrationAccumulator:
             self._conf = self._conf + conf_sum.to(dev)
             self._correct = self._correct + correct.to(dev)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Return the per-bin sums: `count` (int64 pixels), `confidence` and `correct` (float64 sums), zeros
+        when nothing was counted. Sums of several accumulators' states make one that saw every pixel."""
+        if self._count is None:
+            return {"count": np.zeros(self.n_bins, np.int64), "confidence": np.zeros(self.n_bins),
+                    "correct": np.zeros(self.n_bins)}
+        return {"count": self._count.cpu().numpy().astype(np.int64),
+                "confidence": self._conf.cpu().numpy().astype(np.float64),
+                "correct": self._correct.cpu().numpy().astype(np.float64)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the sums with a `state()` (arrays or lists)."""
+        count = np.asarray(state["count"], dtype=np.int64)
+        if count.shape != (self.n_bins,):
+            raise ValueError(f"{count.shape[0] if count.ndim else 0} calibration bins for an accumulator of {self.n_bins}")
+        self._count = torch.from_numpy(count.copy())
+        self._conf = torch.from_numpy(np.asarray(state["confidence"], dtype=np.float64).copy())
+        self._correct = torch.from_numpy(np.asarray(state["correct"], dtype=np.float64).copy())
+
     def bins(self) -> dict[str, list[float]]:
         """Return per-bin `count`, `confidence` and `accuracy` (means; None for empty bins), for plots."""
         if self._count is None:
@@ -136,6 +155,15 @@ class ThresholdSearch:
         # out of place: stays valid when created and updated on either side of torch.inference_mode
         self._fg = self._fg + fg.cpu()
         self._bg = self._bg + bg.cpu()
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Return the two int64 histograms (`fg`, `bg`); summing several searches' states makes one search."""
+        return {"fg": self._fg.numpy().copy(), "bg": self._bg.numpy().copy()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the histograms with a `state()`."""
+        self._fg = torch.as_tensor(np.asarray(state["fg"], dtype=np.int64)).clone()
+        self._bg = torch.as_tensor(np.asarray(state["bg"], dtype=np.int64)).clone()
 
     def _ious(self) -> np.ndarray:
         """Return foreground IoU at every threshold (NaN where no truth and no predicted foreground)."""

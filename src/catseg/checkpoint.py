@@ -57,7 +57,7 @@ def resume(training: Training, state: dict[str, Any]) -> float:
     if stored is not None and stored.epoch > t.best.epoch:
         log.info("the best weights on disk (epoch %d) are newer than the checkpoint's; keeping them", stored.epoch)
         t.best = stored
-    if (t.folder.root / WEIGHTS).is_file():
+    if t.dist.is_main and (t.folder.root / WEIGHTS).is_file():
         t.folder.write_config(t.best, t.history, t.epoch)  # config.json agrees with model.safetensors again
     set_rng_state(state.get("rng"))
     t.resume_rng = state.get("rng") if t.skip else None
@@ -142,7 +142,9 @@ def stop_requests(t: Training) -> Iterator[None]:
 
 
 def stop_now(t: Training) -> None:
-    write_checkpoint(t)
+    """Write a checkpoint (rank 0) and raise TrainingStopped, which says how to resume."""
+    if t.dist.is_main:
+        write_checkpoint(t)
     name = signal.Signals(t.stop_signal).name
     where = t.replaces.name + NEW_SUFFIX if t.replaces else t.folder.root
     raise TrainingStopped(f"{name} received: stopped at epoch {t.epoch}, step {t.step}, after writing a checkpoint. "

@@ -7,6 +7,7 @@ message and exit status 2 (a traceback means a bug).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -144,18 +145,37 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model on a dataset folder -> run folder",
                        description="Train a segmentation model; writes a self-describing run folder.")
     add_dataclass_flags(p, TrainConfig)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train with this many processes of this machine (one per GPU; on CPUs they share the cores): "
+                        "starts `torchrun --standalone --nproc-per-node N -m catseg train ...`. For several machines "
+                        "run torchrun yourself (README: More than one machine). --batch-size is per process")
     p.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from catseg.train import fit
+    import os
 
     fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli") is not False]
     given = [f.name for f in fields if hasattr(args, f.name) and f.name not in ("dataset", "out")]
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}, given=given)
-    with progress_bar() as bar:
-        result = fit(config.validate(), progress=bar)
-    print(result.summary())
+    config.validate()
+    if args.nproc < 1:
+        raise CatsegError(f"--nproc {args.nproc}: at least 1")
+    if args.nproc > 1 and "RANK" not in os.environ:
+        from catseg.distributed import torchrun_command
+
+        command = torchrun_command(args.argv, args.nproc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(command[0], command)  # torchrun takes over this process; its exit status is the command's
+        return 1  # not reached: execv returns only by raising
+    from catseg.train import fit
+
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone draws and prints
+    with progress_bar() if main_rank else contextlib.nullcontext() as bar:
+        result = fit(config, progress=bar)
+    if main_rank:
+        print(result.summary())
     return 0
 
 
@@ -193,19 +213,68 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--report", action="store_true", help="also write report.html: figures, per-class table and the "
                                                          "worst images, self-contained")
     p.add_argument("--report-worst", type=int, default=12, help="images in the report's gallery (default: 12)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out folder")
+    _add_shard_flag(p, "images of the split", "writes OUT/shard-I-of-N.json; `catseg merge-eval OUT` then writes "
+                                               "summary.json")
+    p.add_argument("--force", action="store_true", help="replace an existing --out folder (with --shard: this shard's "
+                                                        "file only)")
     p.set_defaults(handler=_run_evaluate)
+
+
+def _add_shard_flag(p: argparse.ArgumentParser, what: str, then: str) -> None:
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help=f"handle only the I-th of N equal blocks of the {what} (1-based: 1/4 .. 4/4), so that N jobs "
+                        f"of a job array share the work; {then}. Default: the whole input, or under torchrun the "
+                        "process's RANK+1/WORLD_SIZE")
+
+
+def _shard(args: argparse.Namespace) -> Any:
+    from catseg.shards import resolve_shard, use_local_gpu
+
+    shard = resolve_shard(args.shard)
+    if shard is not None and shard.source == "torchrun":
+        use_local_gpu()
+        logging.getLogger("catseg").info("shard %s from torchrun (RANK %d of WORLD_SIZE %d)", shard, shard.index - 1,
+                                         shard.count)
+    return shard
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from catseg.evaluate import evaluate, format_summary
 
+    shard = _shard(args)
     summary = evaluate(args.run, args.dataset, split=args.split or None, out_dir=args.out,
                        threshold=args.threshold, device=args.device, force=args.force, tta=args.tta,
-                       tta_scales=_scales(args.tta_scales), report=args.report, report_worst=max(0, args.report_worst))
+                       tta_scales=_scales(args.tta_scales), report=args.report, report_worst=max(0, args.report_worst),
+                       shard=shard)
+    if shard is not None:
+        print(f"shard {summary['shard']}: scored {summary['num_images']} of {summary['images']} images; counts in "
+              f"{summary['file']}\nwhen all {shard.count} shards are done: catseg merge-eval {summary['out_dir']}")
+        return 0
     print(format_summary(summary))
     if summary.get("report"):
         print(f"report: {summary['report']}")
+    return 0
+
+
+def _add_merge_eval(sub: Any) -> None:
+    p = sub.add_parser("merge-eval", help="combine the shards of `evaluate --shard I/N` into one summary.json",
+                       description="Read every shard-I-of-N.json in the folders given, check that shards 1..N of "
+                                   "one evaluation are all there, and write the summary.json and per_image.csv that "
+                                   "one unsharded `catseg evaluate` would have written.")
+    p.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="folders holding the shard files (usually one: "
+                                                                      "the --out all shards shared)")
+    p.add_argument("--out", type=Path, default=None, help="folder for summary.json and per_image.csv (default: the "
+                                                          "first DIR)")
+    p.add_argument("--force", action="store_true", help="replace an existing summary.json")
+    p.set_defaults(handler=_run_merge_eval)
+
+
+def _run_merge_eval(args: argparse.Namespace) -> int:
+    from catseg.evaluate import format_summary, merge_evaluations
+
+    summary = merge_evaluations(args.dirs, args.out, force=args.force)
+    print(f"merged {summary['merged_shards']} shards")
+    print(format_summary(summary))
     return 0
 
 
@@ -230,6 +299,7 @@ def _add_predict(sub: Any) -> None:
                         "RUN/model.onnx, made on first use; the only one for a .onnx file). Needs catseg[export]")
     _add_tta_flags(p)
     _add_labelme_flags(p)
+    _add_shard_flag(p, "inputs, sorted by path", "every shard may share one --out")
     p.add_argument("--force", action="store_true", help="overwrite existing output files (and labelme JSONs)")
     p.set_defaults(handler=_run_predict)
 
@@ -254,7 +324,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     written = predict_files(args.run, args.inputs, args.out, formats=formats, threshold=args.threshold,
                             device=args.device, batch_size=args.batch_size, force=args.force, tta=args.tta,
                             tta_scales=_scales(args.tta_scales), labelme=_labelme_options(args),
-                            backend=args.backend)
+                            backend=args.backend, shard=_shard(args))
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -388,8 +458,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-_ADDERS = (_add_demo, _add_convert, _add_preview, _add_import, _add_check, _add_train, _add_evaluate, _add_predict, _add_suggest,
-           _add_export, _add_app, _add_models)
+_ADDERS = (_add_demo, _add_convert, _add_preview, _add_import, _add_check, _add_train, _add_evaluate, _add_merge_eval,
+           _add_predict, _add_suggest, _add_export, _add_app, _add_models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.max_pixels < 1:
             parser.error(f"--max-pixels {args.max_pixels}: must be at least 1")
         os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)  # read by every image reader, the app's too
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for `train --nproc`, which restarts under torchrun
     try:
         return int(args.handler(args))
     except CatsegError as exc:

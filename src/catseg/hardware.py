@@ -73,12 +73,13 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def intra_op_threads(workers: int) -> Iterator[int]:
+def intra_op_threads(workers: int, processes: int = 1) -> Iterator[int]:
     """Give torch's intra-op pool the cores the loader workers do not use, yielding that count; the
-    process's own setting is restored afterwards, so a library call leaves it as it found it."""
+    process's own setting is restored afterwards, so a library call leaves it as it found it. With several
+    `processes` on the machine (torchrun on CPUs), each takes its share of the cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     before = torch.get_num_threads()
-    threads = max(1, cores - max(0, workers))
+    threads = max(1, cores // max(1, processes) - max(0, workers))
     torch.set_num_threads(threads)
     try:
         yield threads
@@ -103,10 +104,12 @@ class Forward:
             return self.model(x)
 
 
-def default_workers(device: torch.device) -> int:
+def default_workers(device: torch.device, processes: int = 1) -> int:
     """Return loader workers for this machine: none on a small CPU box (augmenting cached arrays costs
-    about 1% of a CPU step, and a worker would take a core from the model), several on a GPU box."""
+    about 1% of a CPU step, and a worker would take a core from the model), several on a GPU box. With
+    several training `processes` on the machine (torchrun), each gets its share of the cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = max(1, cores // max(1, processes))
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
     return 0 if cores <= 4 else min(2, cores // 4)

@@ -240,6 +240,35 @@ class MetricAccumulator:
             "confusion_matrix": self.confusion.tolist(),
         }
 
+    def state(self) -> dict[str, Any]:
+        """Return everything this accumulator counted, JSON-safe (NaN as None), for `from_states`: the confusion
+        matrix and each image's name, per-class IoU and Dice and pixel accuracy."""
+        return {
+            "confusion_matrix": self.confusion.tolist(),
+            "images": [{"image": n, "iou": [_json_float(v) for v in iou], "dice": [_json_float(v) for v in dice],
+                        "pixel_accuracy": _json_float(acc)}
+                       for n, iou, dice, acc in zip(self._names, self._iou, self._dice, self._acc)],
+        }
+
+    @classmethod
+    def from_states(cls, states: Sequence[dict[str, Any]], num_classes: int, class_names: Sequence[str] | None = None,
+                    ignore_index: int = 255) -> MetricAccumulator:
+        """Return one accumulator holding the images of several `state()`s in order, as if one accumulator had
+        seen them all: its summary and rows equal that accumulator's exactly."""
+        merged = cls(num_classes, class_names, ignore_index)
+        nan = lambda v: math.nan if v is None else float(v)  # noqa: E731
+        for state in states:
+            cm = np.asarray(state["confusion_matrix"], dtype=np.int64)
+            if cm.shape != (num_classes, num_classes):
+                raise ValueError(f"confusion matrix of shape {cm.shape} for {num_classes} classes")
+            merged.confusion += cm
+            for row in state["images"]:
+                merged._names.append(str(row["image"]))
+                merged._iou.append(np.array([nan(v) for v in row["iou"]], dtype=np.float64))
+                merged._dice.append(np.array([nan(v) for v in row["dice"]], dtype=np.float64))
+                merged._acc.append(nan(row["pixel_accuracy"]))
+        return merged
+
     def per_image_rows(self) -> list[dict[str, Any]]:
         """Return one row per image for a CSV: `image`, `miou`, `pixel_accuracy`, `iou_<class>` (None = NaN)."""
         rows = []

@@ -26,6 +26,7 @@ from catseg.images import IMAGE_EXTENSIONS, mask_png_bytes, open_image, read_ima
 from catseg.models import create_model, load_weights, rebuild_kwargs
 from catseg.postprocess import Postprocess
 from catseg.run import WEIGHTS, RunConfig, read_run_config
+from catseg.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,8 @@ def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor | None, mask: np.nd
 def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path, formats: Sequence[str] = ("mask",),
                   threshold: float | None = None, device: str = "auto", batch_size: int = 4,
                   force: bool = False, tta: bool | None = None, tta_scales: Sequence[float] = (1.0,),
-                  backend: str | None = None, labelme: LabelmeOptions | None = None) -> list[Path]:
+                  backend: str | None = None, labelme: LabelmeOptions | None = None,
+                  shard: Shard | None = None) -> list[Path]:
     """Predict every input photo and write the chosen formats into out_dir; return the written paths.
 
     `run_dir` is a run folder, or a .onnx file written by `catseg export`. `backend` "torch" (PyTorch, the
@@ -275,6 +277,9 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     Every output name is checked before anything is written, so a refusal leaves no partial output.
     With the labelme format (polygons shaped by `labelme`), photos whose <stem>.json is already in
     out_dir are skipped (and logged) unless force, and out_dir gets a labels.txt for `catseg convert --labels`.
+    With `shard` I/N, only the I-th of N blocks of the sorted inputs is predicted (and only its photos are
+    opened); output names and clashes are still worked out on every input, so N shards into one out_dir
+    write exactly what one process would.
     """
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
@@ -287,6 +292,11 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
         raise CatsegError(f"{run_dir}: a model of {bands.channels} bands predicts with --backend torch and the "
                           "formats mask, overlay, prob and npy")
     files = expand_inputs(inputs, IMAGE_EXTENSIONS + BAND_EXTENSIONS if bands else IMAGE_EXTENSIONS)
+    every = files
+    if shard is not None:
+        every = sorted(dict.fromkeys(files), key=str)
+        files = shard.select(every)
+        log.info("shard %s: %d of %d photos", shard, len(files), len(every))
     _check_readable(files, bands.channels if bands else None)
     out_dir = Path(out_dir)
     predictor = open_predictor(run_dir, backend, device=device, tta=tta, tta_scales=tta_scales)
@@ -298,7 +308,8 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
         if needs_probs and not predictor.has_probs:
             raise CatsegError(f"{predictor.path} was exported with --outputs mask: it has no probabilities for "
                               f"--format {','.join(needs_probs)}; export again with --outputs both")
-    plan = _output_paths(files, out_dir, formats, predictor.classes)
+    plan = _output_paths(every, out_dir, formats, predictor.classes)
+    plan = {f: plan[f] for f in files}
     labels_txt = None
     if "labelme" in formats:
         labelme = (labelme or LabelmeOptions()).validate()
@@ -308,7 +319,7 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
                      len(skipped), out_dir, ", ".join(map(str, skipped)))
         plan = {f: plan[f] for f in files}
         labels_txt = check_labels_file(out_dir, predictor.classes, force)
-    _check_out_dir(files, out_dir, formats)
+    _check_out_dir(every, out_dir, formats)
     existing = [p for outs in plan.values() for paths in outs.values() for p in paths if p.exists()]
     if existing and not force:
         raise CatsegError(f"{len(existing)} output files already exist (first: {existing[0]}). "

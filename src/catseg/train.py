@@ -26,6 +26,7 @@ from catseg.cache import (CachedSample, band_preprocess, cache_fits_in_memory, c
                           with_train_statistics)
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, choose_split, read_dataset
+from catseg.distributed import Dist, session
 from catseg.errors import CatsegError
 from catseg.hardware import (Forward, default_workers, intra_op_threads, precision_name, resolve_device,
                              resolve_precision)
@@ -113,14 +114,20 @@ class Training:
     stop_signal: int = 0  # SIGINT or SIGTERM received: checkpoint after this step and stop
     replaces: Path | None = None  # --force: the old run folder this one replaces when it has finished
     resume_rng: dict[str, Any] | None = None  # RNG states to restore once the skipped batches are drawn
+    dist: Dist = field(default_factory=Dist)  # the processes training together (catseg.distributed)
+    train_ctx: StepContext | None = None  # ctx with the DistributedDataParallel forward; None: ctx itself
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.dataset) // self.config.batch_size if self._drop_last else 1
+        return self._per_rank // self.config.batch_size if self._drop_last else 1
 
     @property
     def _drop_last(self) -> bool:
-        return len(self.dataset) > self.config.batch_size
+        return self._per_rank > self.config.batch_size
+
+    @property
+    def _per_rank(self) -> int:
+        return self.dist.samples_per_rank(len(self.dataset))
 
 
 # ----------------------------------------------------------------------------- fit
@@ -129,54 +136,78 @@ def fit(config: TrainConfig, progress: Progress | None = None) -> FitResult:
 
     `progress`, when given, is called after every step with a StepReport (the CLI draws a bar with it).
     SIGINT and SIGTERM write a checkpoint and stop with TrainingStopped, which says how to resume.
+    Under torchrun every process calls fit; they train one model together (catseg.distributed) and only
+    rank 0 writes the run folder, logs and reports progress.
     """
     started = time.perf_counter()
     config.validate()
+    with session(config.device) as dist:
+        return _fit(config, progress if dist.is_main else None, started, dist)
+
+
+def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: Dist) -> FitResult:
     state: dict[str, Any] | None = None
     if config.resume:
         config, state = checkpoint.load_resume(Path(config.out), config)
+        dist.check_resume(Path(config.out))
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
-    config, plan_doc = _plan(config, info, train_stems)
+    config, plan_doc = dist.main_decides(lambda: _plan(config, info, train_stems))
     config, notes = resolve_auto(config)
     for note in notes:
         log.info("%s", note)
-    device = resolve_device(config.device)
+    device = dist.place(resolve_device(config.device))
     dtype = resolve_precision(config.precision, device)  # a bad device fails here, before decoding
-    workers = config.workers if config.workers >= 0 else default_workers(device)
+    workers = config.workers if config.workers >= 0 else default_workers(device, dist.local_world)
     kwargs = model_kwargs(config.model, config)
     norm = preprocessing_for(config.model, kwargs)
     pre = Preprocess(config.size, config.resize, config.patch, tuple(norm["mean"]), tuple(norm["std"]))
     pre = band_preprocess(pre, info)  # band images: per-band statistics instead of the model's RGB ones
     # an unknown model or encoder fails here, before decoding
     model = _new_model(config, info, kwargs, device, pre.channels)
-    run_dir, replaces = prepare_run_dir(config)  # nothing of an old run is touched before this point
+    # nothing of an old run is touched before this point; rank 0 decides, the others learn its answer
+    run_dir, replaces = dist.main_decides(lambda: prepare_run_dir(config))
     if state is not None:
         replaces = Path(state["replaces"]) if state.get("replaces") else None
-    threads = intra_op_threads(workers) if device.type == "cpu" else contextlib.nullcontext(torch.get_num_threads())
-    with threads as used_threads, _decoded(info, config, pre, train_stems, val_stems) as (train_cache, val_cache):
+    threads = (intra_op_threads(workers, dist.local_world) if device.type == "cpu"
+               else contextlib.nullcontext(torch.get_num_threads()))
+    with threads as used_threads, _decoded(info, config, pre, train_stems, val_stems, dist.local_world) as (
+            train_cache, val_cache):
         pre = with_train_statistics(pre, train_cache)
         run_config = RunConfig(
             model=config.model, model_kwargs=kwargs, in_channels=pre.channels, classes=info.classes,
             colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, preprocess=pre,
             train={**config.to_dict(), "out": str(replaces or run_dir), "precision_used": precision_name(dtype),
                    "device_used": str(device), "workers_used": workers, "threads_used": used_threads,
-                   "plan": plan_doc},
+                   "plan": plan_doc, "distributed": dist.record(device, config.batch_size)},
             versions=versions(), dataset=str(Path(config.dataset).resolve()))
         training = _set_up(config, info, RunFolder(run_dir, run_config), train_cache, val_cache,
                            Forward(model, device, dtype), workers)
-        training.replaces = replaces
-        training.folder.write_splits(train_stems, val_stems)
-        if state is None:
-            training.folder.write_config(training.best, [], 0, plot=False)  # marks the folder as catseg's run
+        training.replaces, training.dist = replaces, dist
+        if dist.is_main:
+            training.folder.write_splits(train_stems, val_stems)
+            if state is None:
+                training.folder.write_config(training.best, [], 0, plot=False)  # marks the folder as catseg's run
         elapsed_before = checkpoint.resume(training, state) if state is not None else 0.0
-        training.clock = _start_clock(config, started, elapsed_before, training.steps_per_epoch)
+        training.train_ctx = dist.wrap(training.ctx, config.batch_size)
+        if training._per_rank < 2:
+            raise CatsegError(f"{info.root}: {len(training.dataset)} training images for {dist.world} processes: each "
+                              "needs at least 2. Start fewer processes.")
+        training.clock = dist.clock(_start_clock(config, started, elapsed_before, training.steps_per_epoch))
         training.ctx.model.train()
+        if training.clock.finished(training.step) and training.epoch == 0:
+            log.warning("the time budget was spent before training started (decoding and set-up took %.0fs); "
+                        "training one step so that the run has weights. Give a longer --time-budget.",
+                        time.perf_counter() - started)
         with checkpoint.stop_requests(training):
-            while not training.clock.finished(training.step):
+            while training.epoch == 0 or not training.clock.finished(training.step):
                 _train_one_epoch(training, progress)
-                improved = _validate_and_keep_best(training) if _validation_due(training) else False
+                improved = _validate_and_keep_best(training) if dist.agree(_validation_due(training)) else False
                 _write_progress(training, improved)
+        dist.check_in_step(training.ctx.model)
+        if not dist.is_main:  # rank 0 alone chooses the finish on the whole validation set and writes it
+            return FitResult(replaces or run_dir, training.epoch, training.best.epoch, float(training.best.val_miou),
+                             training.best.threshold, time.perf_counter() - started, training.history)
         return _finish(training, started)
 
 
@@ -193,12 +224,14 @@ def _plan(config: TrainConfig, info: DatasetInfo, train_stems: list[str]) -> tup
 
 @contextlib.contextmanager
 def _decoded(info: DatasetInfo, config: TrainConfig, pre: Preprocess, train_stems: list[str],
-             val_stems: list[str]) -> Iterator[tuple[list[CachedSample], list[CachedSample]]]:
+             val_stems: list[str], processes: int = 1) -> Iterator[tuple[list[CachedSample], list[CachedSample]]]:
     """Yield the decoded training and validation samples, in memory or memory-mapped from a temporary
-    folder that is removed afterwards, whatever happens."""
+    folder that is removed afterwards, whatever happens. Each of the machine's training `processes` keeps
+    its own copy, so each may take only its share of the memory."""
     side = cache_side(config.size, config.augment)
     on_disk = config.cache == "disk" or (
-        config.cache == "auto" and not cache_fits_in_memory(len(train_stems) + len(val_stems), side, pre))
+        config.cache == "auto" and not cache_fits_in_memory(len(train_stems) + len(val_stems), side, pre,
+                                                            share=0.5 / max(1, processes)))
     cache_dir = Path(tempfile.mkdtemp(prefix="catseg-cache-")) if on_disk else None
     try:
         log.info("caching %d training and %d validation images at %dpx %s...", len(train_stems), len(val_stems),
@@ -252,12 +285,13 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
     t.epoch += 1
     if config.size_start:
         t.dataset.set_size(grown_size(config, t.clock.progress(t.step)))
-    t.dataset.set_epoch(t.epoch)
+    t.dataset.set_epoch(t.dist.stream(t.epoch))  # each rank augments with its own random stream
     torch.manual_seed(config.seed * 1000 + t.epoch)
+    sampler = t.dist.sampler(t.dataset, config.seed, t.epoch)  # this rank's share; None: one process
     loader = torch.utils.data.DataLoader(
-        t.dataset, batch_size=config.batch_size, shuffle=True, drop_last=t._drop_last, num_workers=t.workers,
-        worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
-        generator=torch.Generator().manual_seed(config.seed * 1000 + t.epoch))
+        t.dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=t._drop_last,
+        num_workers=t.workers, worker_init_fn=seed_worker, pin_memory=device.type == "cuda", persistent_workers=False,
+        generator=torch.Generator().manual_seed(t.dist.stream(config.seed * 1000 + t.epoch)))
     epoch_start, n_steps, t.batch = time.perf_counter(), 0, 0
     batches = timed_batches(loader)
     if t.skip:  # resumed mid-epoch: draw the batches already trained (same order and augmentation), unused
@@ -271,7 +305,7 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
         t.lr = learning_rate(t.clock.progress(t.step), config.lr, config.warmup)
         for group in t.optimizer.param_groups:
             group["lr"] = t.lr * group.get("lr_scale", 1.0)
-        loss = train_step(t.ctx, t.optimizer, images, masks)
+        loss = train_step(t.train_ctx or t.ctx, t.optimizer, images, masks)
         if not math.isfinite(loss):
             checkpoint.diverged(t, f"the loss is {loss}")
         t.step += 1
@@ -281,13 +315,14 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
         t.window.loss_sum += loss * len(images)
         t.window.images += len(images)
         if progress is not None:
+            seen = n_steps * config.batch_size * t.dist.world  # by every process
             progress(StepReport(t.epoch, n_steps, t.steps_per_epoch, loss, t.lr,
-                                n_steps * config.batch_size / max(1e-9, time.perf_counter() - epoch_start)))
+                                seen / max(1e-9, time.perf_counter() - epoch_start)))
         if t.clock.finished(t.step):
             break
-        if t.stop_signal:
+        if t.dist.agree(bool(t.stop_signal)) if t.dist.enabled else t.stop_signal:
             checkpoint.stop_now(t)
-        if time.perf_counter() - t.last_checkpoint >= config.checkpoint_every:
+        if t.dist.is_main and time.perf_counter() - t.last_checkpoint >= config.checkpoint_every:
             checkpoint.write_checkpoint(t)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -308,9 +343,10 @@ def _validation_due(t: Training) -> bool:
 def _validate_and_keep_best(t: Training) -> bool:
     """Validate, add the metrics.csv row, keep the weights if they are the best so far; return whether."""
     val_start = time.perf_counter()
-    val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size)
+    val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size, t.dist)
     t.val_seconds += time.perf_counter() - val_start
     w = t.window
+    w.loss_sum, w.images = (float(v) for v in t.dist.sum([np.array(w.loss_sum), np.array(w.images)]))  # every rank's
     row = {"epoch": t.epoch, "steps": w.steps, "train_loss": w.loss_sum / max(1, w.images), **val,
            "images_per_s": w.images / max(1e-9, w.seconds), "data_wait_frac": w.waited / max(1e-9, w.seconds),
            "lr": t.lr, "seconds": t.epoch_seconds + time.perf_counter() - val_start, "elapsed": t.clock.elapsed()}
@@ -324,7 +360,8 @@ def _validate_and_keep_best(t: Training) -> bool:
     if improved:
         t.best = BestEpoch(t.epoch, val["val_miou"], val.get("threshold"), val["val_ece"],
                            val.get("val_iou_at_threshold"))
-        t.folder.save_best(t.ctx.model, t.best, t.history, t.epoch)
+        if t.dist.is_main:
+            t.folder.save_best(t.ctx.model, t.best, t.history, t.epoch)
     # Every validated epoch is in metrics.csv; the log gets improvements and a line every 10 s, so epochs
     # of a fraction of a second (small data) do not flood the terminal.
     if improved or time.perf_counter() - t.last_line >= 10.0:
@@ -338,13 +375,15 @@ def _validate_and_keep_best(t: Training) -> bool:
 def _write_progress(t: Training, improved: bool) -> None:
     """After an epoch: write the checkpoint whenever the best changed (so a resumed run starts from the same best),
     every --checkpoint-every seconds, at the end and on a stop request; metrics.csv and the plot at most every
-    20 s. The best weights and their config.json were already written by _validate_and_keep_best."""
+    20 s. The best weights and their config.json were already written by _validate_and_keep_best. Rank 0
+    alone writes; a stop request is rank 0's, so every rank stops after the same step."""
     done = t.clock.finished(t.step)
-    if improved or done or t.stop_signal or time.perf_counter() - t.last_checkpoint >= t.config.checkpoint_every:
+    if t.dist.is_main and (improved or done or t.stop_signal
+                           or time.perf_counter() - t.last_checkpoint >= t.config.checkpoint_every):
         checkpoint.write_checkpoint(t)
-    if t.stop_signal and not done:
+    if not done and t.dist.agree(bool(t.stop_signal)):
         checkpoint.stop_now(t)
-    if done or time.perf_counter() - t.last_files >= 20.0:
+    if t.dist.is_main and (done or time.perf_counter() - t.last_files >= 20.0):
         t.last_files = time.perf_counter()
         t.folder.write_config(t.best, t.history, t.epoch)
 

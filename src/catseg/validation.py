@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,9 +14,24 @@ from catseg.metrics import MetricAccumulator
 from catseg.postprocess import Postprocess, choose_postprocess
 from catseg.steps import StepContext
 
+if TYPE_CHECKING:
+    from catseg.distributed import Dist
+
+
+def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int,
+             dist: Dist | None = None) -> dict[str, Any]:
+    """Return the validation loss, mIoU, per-class IoU, ECE and (two classes) the best threshold of ctx.model.
+    With `dist` (several processes), each rank scores its own block of `samples` and the counts are summed:
+    every rank gets the scores of the whole set, each sample counted once."""
+    if dist is not None and dist.enabled:
+        dist.sync_buffers(ctx.model)  # every rank validates rank 0's model, the one rank 0 saves
+        samples = dist.select(samples)
+    return _validate(ctx, samples, classes, batch_size, dist)
+
 
 @torch.inference_mode()
-def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int) -> dict[str, Any]:
+def _validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int,
+              dist: Dist | None) -> dict[str, Any]:
     ctx.model.eval()
     metrics = MetricAccumulator(ctx.num_classes, list(classes), ctx.ignore_index)
     calibration = CalibrationAccumulator()
@@ -33,6 +48,8 @@ def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequenc
         if thresholds is not None:
             thresholds.update(probs[:, 1], y, ctx.ignore_index)
     ctx.model.train()
+    if dist is not None and dist.enabled:
+        loss_sum, count = _sum_over_ranks(dist, metrics, calibration, thresholds, loss_sum, count)
     summary = metrics.summary()["dataset"]  # NaN is None there (a class absent from prediction and truth)
     out = {"val_loss": loss_sum / max(1, count), "val_miou": nan_if_none(summary["miou"]), "val_ece": calibration.ece()}
     for name in classes:
@@ -40,6 +57,20 @@ def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequenc
     if thresholds is not None:
         out["threshold"], out["val_iou_at_threshold"] = thresholds.best()
     return out
+
+
+def _sum_over_ranks(dist: Dist, metrics: MetricAccumulator, calibration: CalibrationAccumulator,
+                    thresholds: ThresholdSearch | None, loss_sum: float, count: int) -> tuple[float, int]:
+    """Replace each accumulator's counts with their sums over the ranks; return the summed loss and count."""
+    cal = calibration.state()
+    thr = thresholds.state() if thresholds is not None else {"fg": np.zeros(1, np.int64), "bg": np.zeros(1, np.int64)}
+    summed = dist.sum([metrics.confusion, cal["count"], cal["confidence"], cal["correct"], thr["fg"], thr["bg"],
+                       np.array([loss_sum, count], dtype=np.float64)])
+    metrics.confusion = summed[0].astype(np.int64)
+    calibration.load_state({"count": summed[1], "confidence": summed[2], "correct": summed[3]})
+    if thresholds is not None:
+        thresholds.load_state({"fg": summed[4], "bg": summed[5]})
+    return float(summed[6][0]), int(summed[6][1])
 
 
 @torch.inference_mode()

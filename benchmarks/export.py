@@ -1,6 +1,7 @@
 """Prediction speed and agreement of the backends, in one run on this CPU: PyTorch eager (the run's
-precision, and fp32) against onnxruntime fp32 on `catseg export`'s file, and onnxruntime int8 (static
-quantisation of the convolutions, calibrated on the folder's photos) when it can be made.
+precision, and fp32) against onnxruntime fp32 on `catseg export`'s file, OpenVINO fp32 on the same file
+when catseg[openvino] is installed, and onnxruntime int8 (static quantisation of the convolutions,
+calibrated on the run's training photos, else on the folder's) when it can be made.
 
     python benchmarks/export.py                 # the default UNet (width 32, depth 4, 256 px), random weights
     python benchmarks/export.py --run RUN       # a trained run folder (agreement figures mean more)
@@ -8,8 +9,10 @@ quantisation of the convolutions, calibrated on the folder's photos) when it can
 
 Prints the CPU's flags first (avx2, avx512f, avx512_bf16, amx), then per backend: the median time for
 one 1024x640 photo (decoded array -> cleaned mask) and the images per second over a folder of photos,
-each with the mean IoU of its masks against PyTorch fp32's and the run's own precision's. The last line
-is one JSON object with every figure. Run it on an idle machine.
+each with the mean IoU of its masks against PyTorch fp32's and the run's own precision's, and the lowest
+share of pixels any photo's mask agrees on with PyTorch fp32's (catseg keeps a runtime at >= 99.9%, the
+export's parity bar; int8 is reported, not shipped, below 99%). The last line is one JSON object with
+every figure. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -82,6 +85,14 @@ def miou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(scores))
 
 
+def _openvino_version() -> str:
+    try:
+        import openvino
+    except ImportError:
+        return "not installed"
+    return openvino.get_version().split("-")[0]
+
+
 def timed(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -90,6 +101,20 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def training_photos(run: Path, limit: int) -> list[np.ndarray]:
+    """Return up to `limit` of the run's training photos (the int8 calibration set), or [] when gone."""
+    from catseg.data import read_dataset
+    from catseg.errors import CatsegError
+    from catseg.images import read_image
+    from catseg.run import read_run_config, read_splits
+
+    try:
+        info = read_dataset(read_run_config(run).dataset)
+        return [read_image(info.image_path(stem)) for stem in read_splits(run).get("train", [])[:limit]]
+    except CatsegError:
+        return []
 
 
 def int8_model(fp32: Path, photos: list[np.ndarray], out: Path) -> Path:
@@ -123,6 +148,7 @@ def main() -> int:
     import onnxruntime
     import torch
 
+    from catseg.errors import CatsegError
     from catseg.export import export_onnx
     from catseg.hardware import precision_name
     from catseg.predict import Predictor
@@ -132,7 +158,7 @@ def main() -> int:
     print("cpu flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"cores {cores}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"onnxruntime {onnxruntime.__version__}")
+          f"onnxruntime {onnxruntime.__version__}, openvino {_openvino_version()}")
     work = Path(tempfile.mkdtemp(prefix="catseg-bench-export-"))
     run = args.run or random_run(work / "run")
     big = _photo(640, 1024, 0)  # 1024 wide, 640 tall
@@ -152,16 +178,20 @@ def main() -> int:
     backends["pytorch eager fp32"] = fp32.predict
     backends["onnxruntime fp32"] = OnnxPredictor(report.path).predict
     try:
-        int8 = int8_model(report.path, folder[:8], work / "model.int8.onnx")
-        backends["onnxruntime int8 (static, QDQ convs)"] = OnnxPredictor(int8).predict
+        backends["openvino fp32 (--backend openvino)"] = OnnxPredictor(report.path, runtime="openvino").predict
+    except CatsegError as exc:
+        print(f"openvino: not measured ({exc})")
+    calibration = (training_photos(args.run, 8) if args.run else []) or folder[:8]
+    try:
+        int8 = int8_model(report.path, calibration, work / "model.int8.onnx")
+        backends[f"onnxruntime int8 (static QDQ convs, {len(calibration)} calib.)"] = OnnxPredictor(int8).predict
     except Exception as exc:  # noqa: BLE001  (quantisation tooling varies between onnxruntime versions: report it)
         print(f"int8: not measured ({exc.__class__.__name__}: {str(exc).splitlines()[0][:160]})")
-    print("openvino: not measured (not part of catseg; no extra for it)")
 
     reference = {"fp32": [fp32.predict(p) for p in [big, *folder]], auto_name: [auto.predict(p) for p in [big, *folder]]}
     results = {}
     print(f"\n{'backend':48s} {'1024x640 s':>11s} {'folder img/s':>13s} {'mIoU vs fp32':>13s} "
-          f"{'vs ' + auto_name:>9s}")
+          f"{'vs ' + auto_name:>9s} {'min agree':>10s}")
     for name, predict in backends.items():
         one = timed(lambda predict=predict: predict(big), repeats)
         start = time.perf_counter()
@@ -169,8 +199,10 @@ def main() -> int:
         rate = len(folder) / (time.perf_counter() - start)
         masks = [predict(big), *masks]
         agree = {ref: float(np.mean([miou(m, r) for m, r in zip(masks, refs)])) for ref, refs in reference.items()}
-        results[name] = {"one_photo_s": one, "folder_images_per_s": rate, "miou_vs": agree}
-        print(f"{name:48s} {one:11.3f} {rate:13.2f} {agree['fp32']:13.4f} {agree[auto_name]:9.4f}")
+        pixels = min(float((m == r).mean()) for m, r in zip(masks, reference["fp32"]))
+        results[name] = {"one_photo_s": one, "folder_images_per_s": rate, "miou_vs": agree,
+                         "min_pixel_agreement_vs_fp32": pixels}
+        print(f"{name:48s} {one:11.3f} {rate:13.2f} {agree['fp32']:13.4f} {agree[auto_name]:9.4f} {pixels:10.4%}")
     print(json.dumps({"cpu_flags": flags, "cores": cores, "run": str(args.run or "random default UNet"),
                       "photo": [640, 1024], "folder": len(folder), "results": results}))
     return 0

@@ -154,17 +154,46 @@ def test_a_single_process_is_its_own_world() -> None:
     assert four.record(torch.device("cpu"), 8)["global_batch"] == 32
 
 
-def test_resume_needs_the_same_number_of_processes(tmp_path: Path) -> None:
-    from catseg.errors import CatsegError
+@pytest.mark.slow
+def test_a_killed_rank_then_resume_with_another_number_of_processes(tmp_path: Path) -> None:
+    """SIGKILL one of two training processes mid-run (torchrun then stops the other), resume the run with one
+    process: it continues from the last checkpoint, with the schedule recomputed for the new world size."""
+    import signal
+    import time
 
-    (tmp_path / "config.json").write_text(json.dumps({"train": {"epochs": 2}}))  # written before catseg recorded it
-    Dist().check_resume(tmp_path)
-    with pytest.raises(CatsegError, match="trained by 1 process"):
-        Dist(rank=0, world=2).check_resume(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"train": {"distributed": {"world_size": 2}}}))
-    Dist(rank=1, world=2).check_resume(tmp_path)
-    with pytest.raises(CatsegError, match="resume it with 2"):
-        Dist().check_resume(tmp_path)
+    data = make_tiny_dataset(tmp_path / "data", count=12)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(catseg.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "catseg",
+               "-q", "train", str(data), "--out", "run", "--epochs", "30", "--checkpoint-every", "0", *TINY]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = tmp_path / "run" / "train_state.pt"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if torch.load(state_file, weights_only=True)["step"] >= 6:
+                    break
+            except Exception:  # noqa: BLE001 - not written yet, or the rename is landing
+                pass
+            time.sleep(0.1)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert proc.poll() is None and len(workers) == 2, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+        os.kill(int(workers[1]), signal.SIGKILL)  # one rank dies; torchrun tears the other down
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    killed = torch.load(state_file, weights_only=True)
+    assert killed["world"] == 2 and 6 <= killed["step"] < 30 * 2  # 10 training images, 2 ranks: 2 steps an epoch
+    done = _torchrun(tmp_path, 1, "x", "--out", "run", "--resume")
+    assert "checkpoint was written by 2 process(es), this run has 1" in done.stderr
+    final = torch.load(state_file, weights_only=True)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert final["epoch"] == 30 and final["world"] == 1 and config["scores"]["epochs"] == 30
+    # one process, 10 images, batch 2: 5 steps an epoch, counted from the epoch it continued at
+    assert final["step"] == 30 * 5
 
 
 @pytest.mark.parametrize("name, kwargs", [("unet", {"width": 4, "depth": 2}),

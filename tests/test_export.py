@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime", reason="the export tests need the 'export' ex
 import onnx
 
 from catseg.errors import CatsegError
-from catseg.export import MIN_AGREEMENT, ONNX_FORMAT, build_graph, export_onnx, onnx_bytes, session_from
+from catseg.export import CHECK_SIZES, MIN_AGREEMENT, ONNX_FORMAT, build_graph, export_onnx, onnx_bytes, session_from
 from catseg.graph import AdaptiveAvgPool2dGraph, PhotoGraph, resize_like_cv2
 from catseg.models import create_model, list_models, preprocessing_for, save_weights
 from catseg.predict import Predictor, predict_files
@@ -196,17 +196,19 @@ def _write_run(root: Path, name: str, resize: str, classes: int = 2, seed: int =
                                   for n in list_models()])  # the smp models take 3-8 s each on 2 cores
 def test_every_registered_model_exports_with_parity(name: str, tmp_path: Path) -> None:
     """The contract: each registered model, tiny random weights, both size policies, sizes that are and
-    are not multiples of 32. Random weights leave the classes nearly tied almost everywhere, so a resize
-    tie rounded the other way flips more pixels than a trained model's would: 99.5% here, 99.9% for runs."""
+    are not multiples of 32, and the area factors of 2.5 whose ties once rounded differently in onnxruntime.
+    Random weights leave the classes nearly tied almost everywhere, so this holds the graph to the same bar
+    as a trained run's."""
     for resize in ("stretch", "scale"):
         run = _write_run(tmp_path / resize, name, resize, classes=3)
-        report = export_onnx(run, threads=1, min_agreement=0.995, check_sizes=((97, 131), (96, 128), (150, 41)))
+        report = export_onnx(run, threads=1, check_sizes=((97, 131), (96, 128), (150, 41), (160, 100)))
+        assert report.required == MIN_AGREEMENT
         assert max(p.max_prob_diff for p in report.parity) < 5e-3, report.summary()
 
 
 def test_check_photos_are_used_for_parity(scale_run: Path, tiny_dataset: Path) -> None:
     report = export_onnx(scale_run, check=[str(tiny_dataset / "images")], threads=1)
-    assert report.parity[0].name == "img00.png" and len(report.parity) == 4 + 5
+    assert report.parity[0].name == "img00.png" and len(report.parity) == 4 + len(CHECK_SIZES)
 
 
 def test_no_tta_exports_without_mirroring(scale_run: Path, tmp_path: Path) -> None:
@@ -320,7 +322,7 @@ def test_onnx_backend_fails_loudly_never_falls_back(stretch_run: Path, tmp_path:
     path = export_onnx(stretch_run, tmp_path / "m.onnx", outputs="mask", threads=1).path
     with pytest.raises(CatsegError, match="exported with --outputs mask.*--format prob"):
         predict_files(path, [str(photos)], tmp_path / "a", ("mask", "prob"))
-    with pytest.raises(CatsegError, match="runs on the onnx backend"):
+    with pytest.raises(CatsegError, match="runs on the onnx or openvino backend"):
         predict_files(path, [str(photos)], tmp_path / "b", backend="torch")
     with pytest.raises(CatsegError, match="mirror TTA is on inside this file"):
         predict_files(path, [str(photos)], tmp_path / "c", tta=False)
@@ -362,3 +364,63 @@ def test_in_graph_resize_equals_opencv_for_block_and_fractional_factors(shape: t
     expected = resize_image(image, 160, 160)
     got = resize_like_cv2(torch.from_numpy(image).permute(2, 0, 1).float(), torch.tensor(160), torch.tensor(160))
     assert np.array_equal(got.permute(1, 2, 0).numpy().astype(np.uint8), expected)
+
+
+class _ResizeOnly(torch.nn.Module):
+    """The in-graph resize alone: (H, W, 3) uint8 and the (height, width) to reach -> (height, width, 3) uint8."""
+
+    def forward(self, image: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        x = resize_like_cv2(image.permute(2, 0, 1).float(), size[0], size[1])
+        return x.round().to(torch.uint8).permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("shape", [(1024, 640), (640, 1024), (1200, 900), (256, 384), (333, 517)])
+def test_onnxruntime_resizes_exactly_as_opencv(shape: tuple[int, int], tmp_path: Path) -> None:
+    """Area factors such as 2.5 put many sums exactly on k + 0.5; summed in another order than OpenCV's, a
+    pixel then rounds to the next grey level (0.3% of a 1024x640 photo did, and a real model's mask fell
+    below the parity bar). The exported graph must add the taps in OpenCV's order, whatever the runtime."""
+    import cv2
+
+    path = tmp_path / "resize.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_ResizeOnly(), (torch.zeros(37, 53, 3, dtype=torch.uint8), torch.tensor([20, 30])),
+                          str(path), dynamo=False, opset_version=18, input_names=["image", "size"],
+                          output_names=["out"], dynamic_axes={"image": {0: "h", 1: "w"}, "out": {0: "oh", 1: "ow"}})
+    session = session_from(path)
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (shape[0] // 16, shape[1] // 16, 3)).astype(np.uint8)
+    photo = cv2.resize(small, shape[::-1], interpolation=cv2.INTER_CUBIC)  # smooth, like a photo
+    photo = np.clip(photo.astype(np.int16) + rng.integers(-3, 4, photo.shape), 0, 255).astype(np.uint8)
+    for size in ((256, 256), (200, 320), (97, 61)):
+        got = session.run(None, {"image": photo, "size": np.array(size)})[0]
+        want = resize_image(photo, *size)
+        assert got.shape == want.shape
+        assert np.array_equal(got, want), f"{shape} -> {size}: {(got != want).mean():.4%} of values differ"
+
+
+class _WorkingSize(torch.nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from catseg.graph import dim, scale_working_size
+
+        return torch.stack(scale_working_size(dim(image, 0), dim(image, 1), self.size))
+
+
+def test_onnxruntime_computes_working_sizes_in_double(tmp_path: Path) -> None:
+    """The exporter computes arithmetic between 0-d tensors in float32: 1233 x 1152 at 320 is 342.5 x 320
+    exactly, which Python's double rounds to 342 and float32 did not."""
+    from catseg.preprocess import working_size
+
+    path = tmp_path / "size.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_WorkingSize(320), (torch.zeros(37, 53, 1, dtype=torch.uint8),), str(path), dynamo=False,
+                          opset_version=18, input_names=["image"], dynamic_axes={"image": {0: "h", 1: "w"}})
+    session = session_from(path)
+    for h, w in ((1233, 1152), (1152, 1233), (1485, 1152), (2682, 2304), (333, 517), (31, 29)):
+        got = session.run(None, {"image": np.zeros((h, w, 1), np.uint8)})[0]
+        assert tuple(got.tolist()) == working_size(h, w, 320, "scale"), (h, w)

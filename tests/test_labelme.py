@@ -410,7 +410,7 @@ def test_label_named_background_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, reason", [(None, "cannot read the labels file"),
-                                              ("__ignore__\ncat\ndog\n", "first class must be _background_"),
+                                              ("__ignore__\ncat\n_background_\n", "_background_ must be the first class"),
                                               ("_background_\ncat\ncat\n", "more than once: cat")])
 def test_bad_labels_file(tmp_path: Path, content: str | None, reason: str) -> None:
     labelme_pair(tmp_path / "src", "a", [])
@@ -492,3 +492,16 @@ def test_force_never_replaces_the_folder_that_holds_the_sources(tmp_path: Path) 
     with pytest.raises(CatsegError, match="which --force would replace"):
         convert_labelme(ds / "labelme", ds, force=True)
     assert snapshot(ds / "labelme") == before
+
+
+def test_labels_file_without_background_gives_id_0_to_its_first_class(tmp_path: Path) -> None:
+    """A dataset whose id 0 is a real class (CamVid's Sky): labels.txt names it on the id-0 line."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("__ignore__\nsky\nroad\n")
+    assert read_labels_file(labels) == {"sky": 0, "road": 1, "__ignore__": 255}
+    labelme_pair(tmp_path / "src", "a", [shape("road", [[1, 1], [9, 9]], "rectangle")])
+    convert_labelme(tmp_path / "src", tmp_path / "out", labels_file=labels)
+    assert read_dataset(tmp_path / "out").classes == ["sky", "road"]
+    assert read_dataset(tmp_path / "out").background is None
+    mask = read_mask(tmp_path / "out" / "masks" / "a.png")
+    assert mask[5, 5] == 1 and mask[0, 0] == 0  # unpainted pixels are the first class

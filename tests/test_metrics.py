@@ -163,12 +163,14 @@ def test_summary_shape_is_json_safe_with_none_for_nan() -> None:
     s = acc.summary()
     text = json.dumps(s, allow_nan=False)  # raises on NaN
     assert json.loads(text) == s
-    assert set(s) == {"num_images", "classes", "dataset", "per_image", "confusion_matrix"}
+    assert set(s) == {"num_images", "classes", "dataset", "per_image", "confusion_matrix", "top_confusions"}
     for part in ("dataset", "per_image"):
         assert set(s[part]) == {"miou", "mdice", "pixel_accuracy", "per_class"}
         assert set(s[part]["per_class"]) == {"bg", "cat", "dog"}
-        assert s[part]["per_class"]["dog"] == {"iou": None, "dice": None}
         assert s[part]["miou"] == 1.0
+    assert s["per_image"]["per_class"]["dog"] == {"iou": None, "dice": None}
+    assert s["dataset"]["per_class"]["dog"] == {"iou": None, "dice": None, "precision": None, "recall": None}
+    assert s["top_confusions"] == []  # every counted pixel was right
     assert s["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
     assert s["num_images"] == 2
 

@@ -70,14 +70,19 @@ class _Region:
 
 # ----------------------------------------------------------------------------- masks -> shapes
 def mask_to_shapes(mask: np.ndarray, class_names: Sequence[str], tolerance: float = 1.0, min_area: int = 20,
-                   ignore_index: int = IGNORE_ID, description: str = "catseg prediction") -> list[dict[str, Any]]:
+                   ignore_index: int = IGNORE_ID, description: str = "catseg prediction",
+                   background: int | None = 0) -> list[dict[str, Any]]:
     """Return labelme polygon shapes that draw `mask` ((H, W) class ids) again, in labelme's drawing order.
 
     Class 0 is what labelme leaves unlabelled (`_background_`), `ignore_index` becomes `__ignore__`,
     class k > 0 is `class_names[k]`. Each 8-connected region of a class gives one polygon; background
     enclosed by one region is a later `_background_` polygon; regions and holes under `min_area`
-    pixels are dropped (they take the colour around them).
+    pixels are dropped (they take the colour around them). With `background` None (no class is background,
+    catseg.classes) class 0 is drawn under its own name like every class, and there are no holes.
     """
+    if background not in (0, None):
+        raise CatsegError(f"background is class {background}; labelme's _background_ is id 0, so labelme "
+                          "output needs background at id 0 or no background class")
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.dtype != np.uint8:
         raise ValueError(f"mask must be 2-D uint8 class ids, got {mask.dtype} with shape {mask.shape}")
@@ -88,15 +93,16 @@ def mask_to_shapes(mask: np.ndarray, class_names: Sequence[str], tolerance: floa
     regions: list[_Region] = []
     painted = np.zeros(mask.shape, dtype=bool)  # what the non-background polygons cover, holes included
     for value in values:
-        if value != 0:
+        if value != background:
             regions += _regions(mask == value, value, min_area, connectivity=8, painted=painted)
-    if painted.any():
+    if painted.any() and background is not None:
         # Background needs a polygon only where a region's outline painted over it. 4-connected, so a
         # background hole stays apart from the outside where an 8-connected outline pinches diagonally.
         holes = (mask == 0) & painted
         regions += _regions(mask == 0, 0, min_area, connectivity=4, painted=None, keep=holes)
     regions.sort(key=lambda r: -r.fill)  # stable: equal fills never contain one another
-    return [_shape(_label(r.value, class_names, ignore_index), _points(r, tolerance), description) for r in regions]
+    return [_shape(_label(r.value, class_names, ignore_index, background), _points(r, tolerance), description)
+            for r in regions]
 
 
 def _regions(binary: np.ndarray, value: int, min_area: int, connectivity: int, painted: np.ndarray | None,
@@ -137,10 +143,10 @@ def _points(region: _Region, tolerance: float) -> list[list[float]]:
     return [[float(px), float(py)] for px, py in contour[:, 0, :]]
 
 
-def _label(value: int, class_names: Sequence[str], ignore_index: int) -> str:
+def _label(value: int, class_names: Sequence[str], ignore_index: int, background: int | None = 0) -> str:
     if value == ignore_index:
         return IGNORE_LABEL
-    return BACKGROUND_LABEL if value == 0 else str(class_names[value])
+    return BACKGROUND_LABEL if value == background else str(class_names[value])
 
 
 def _shape(label: str, points: list[list[float]], description: str) -> dict[str, Any]:
@@ -154,18 +160,21 @@ def is_machine_made(shape: dict[str, Any]) -> bool:
 
 
 # ----------------------------------------------------------------------------- labels.txt
-def labels_text(class_names: Sequence[str]) -> str:
+def labels_text(class_names: Sequence[str], background: int | None = 0) -> str:
     """Return a labels.txt in labelme's convention giving class k the id k: `__ignore__`, `_background_`,
-    then class_names[1:] (class 0, whatever its name, is labelme's `_background_`)."""
+    then class_names[1:] (class 0, whatever its name, is labelme's `_background_`). Without a background
+    class, the id-0 line names class 0 itself (`__ignore__`, then every class)."""
     reserved = {IGNORE_LABEL, BACKGROUND_LABEL, "background"}
-    clash = [n for n in class_names[1:] if n in reserved or not n.strip() or n != n.strip() or "\n" in n]
+    named = list(class_names[1:] if background is not None else class_names)
+    clash = [n for n in named if n in reserved or not n.strip() or n != n.strip() or "\n" in n]
     if clash:
         raise CatsegError(f"classes {clash} cannot be written as labelme labels (reserved, blank or with "
                           "surrounding spaces); rename them in the dataset and train again")
-    return "\n".join([IGNORE_LABEL, BACKGROUND_LABEL, *class_names[1:]]) + "\n"
+    first = [BACKGROUND_LABEL] if background is not None else []
+    return "\n".join([IGNORE_LABEL, *first, *named]) + "\n"
 
 
-def labels_file_problem(out_dir: Path, class_names: Sequence[str]) -> str | None:
+def labels_file_problem(out_dir: Path, class_names: Sequence[str], background: int | None = 0) -> str | None:
     """Return why out_dir/labels.txt cannot stay as it is for these classes, or None (absent or compatible:
     it gives every class the same id, and may list more classes after them)."""
     path = Path(out_dir) / LABELS_FILE
@@ -175,7 +184,7 @@ def labels_file_problem(out_dir: Path, class_names: Sequence[str]) -> str | None
         existing = read_labels_file(path)
     except CatsegError as exc:
         return str(exc)
-    wanted = {name: i for i, name in enumerate(class_names) if i > 0}
+    wanted = {name: i for i, name in enumerate(class_names) if i != background}
     wrong = [f"{name} (id {existing.get(name)}, needs {i})" for name, i in wanted.items() if existing.get(name) != i]
     return None if not wrong else f"{path}: gives other ids to {', '.join(wrong)}"
 
@@ -183,7 +192,7 @@ def labels_file_problem(out_dir: Path, class_names: Sequence[str]) -> str | None
 # ----------------------------------------------------------------------------- one photo -> labelme JSON
 def labelme_document(photo: str | Path, json_path: str | Path, mask: np.ndarray, class_names: Sequence[str],
                      options: LabelmeOptions = LabelmeOptions(), description: str = "catseg prediction",
-                     ignore_index: int = IGNORE_ID) -> dict[str, Any]:
+                     ignore_index: int = IGNORE_ID, background: int | None = 0) -> dict[str, Any]:
     """Return the labelme JSON document annotating `photo` with `mask` ((H, W) class ids on the photo as
     catseg reads it, EXIF orientation applied), to be saved at `json_path`."""
     photo, json_path = Path(photo), Path(json_path)
@@ -198,7 +207,8 @@ def labelme_document(photo: str | Path, json_path: str | Path, mask: np.ndarray,
     if options.embed_image:
         stored, _ = _stored_image(data, str(photo), keep_raw)  # the bytes convert would store: same pixel grid
         image_data = base64.b64encode(stored).decode("ascii")
-    shapes = mask_to_shapes(mask, class_names, options.tolerance, options.min_area, ignore_index, description)
+    shapes = mask_to_shapes(mask, class_names, options.tolerance, options.min_area, ignore_index, description,
+                            background)
     return {"version": LABELME_VERSION, "flags": {}, "shapes": shapes, "imagePath": relative_image_path(photo, json_path),
             "imageData": image_data, "imageHeight": height, "imageWidth": width}
 
@@ -232,12 +242,13 @@ def split_annotated(photos: Sequence[Path], out_dir: str | Path, force: bool) ->
     return [p for p in photos if p not in skipped], skipped
 
 
-def check_labels_file(out_dir: str | Path, class_names: Sequence[str], force: bool) -> str | None:
+def check_labels_file(out_dir: str | Path, class_names: Sequence[str], force: bool,
+                      background: int | None = 0) -> str | None:
     """Return the labels.txt text to write into out_dir (None: one that fits is there); raise a CatsegError
     when one that gives other ids is there and not force. Checked before anything is written."""
-    text = labels_text(class_names)
+    text = labels_text(class_names, background)
     path = Path(out_dir) / LABELS_FILE
-    problem = labels_file_problem(Path(out_dir), class_names)
+    problem = labels_file_problem(Path(out_dir), class_names, background)
     if problem is not None and not force:
         raise CatsegError(f"{problem}; `catseg convert --labels {path}` would give the classes other ids. Choose "
                           "another output folder, or pass --force to replace it")

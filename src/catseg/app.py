@@ -77,7 +77,7 @@ class Segmenter:
 
         self.predictor = open_predictor(source, backend, device=device, threads=threads)
         self.torch = isinstance(self.predictor, Predictor)
-        self.backend = "torch" if self.torch else "onnx"
+        self.backend = "torch" if self.torch else {"openvino": "openvino"}.get(self.predictor.runtime, "onnx")
         self.name = Path(source).name
         self.max_pixels = max_pixels
         self.classes: list[str] = self.predictor.classes
@@ -166,7 +166,8 @@ class Segmenter:
         from catseg.predict import overlay
 
         buf = io.BytesIO()
-        Image.fromarray(overlay(result.image, result.mask, self.colors)).save(buf, format="PNG")
+        Image.fromarray(overlay(result.image, result.mask, self.colors, background=self.predictor.background)
+                        ).save(buf, format="PNG")
         return buf.getvalue()
 
     def mask_png(self, result: Result) -> bytes:

@@ -110,6 +110,10 @@ class CalibrationAccumulator:
 class ThresholdSearch:
     """Finds the foreground-probability cut-off that maximises foreground IoU (two classes).
 
+    "Foreground" is class 1, whose probability is thresholded. `target` says whose IoU is maximised:
+    class 1 (the default: class 0 is background), class 0 (class 1 is background), or None for the mean
+    of both (neither is background, as in a cat-versus-dog dataset).
+
     Keeps two histograms of the foreground probability, one for truth-foreground (class 1) and one
     for truth-background (class 0) pixels, so the search costs two bincounts per batch and no
     stored predictions. Candidate thresholds are `thresholds`: the `n_bins` points of
@@ -117,10 +121,12 @@ class ThresholdSearch:
     foreground when its probability is >= the threshold.
     """
 
-    def __init__(self, n_bins: int = 101) -> None:
+    def __init__(self, n_bins: int = 101, target: int | None = 1) -> None:
         if n_bins < 3:
             raise ValueError(f"n_bins {n_bins}: must be at least 3")
-        self.n_bins = n_bins
+        if target not in (0, 1, None):
+            raise ValueError(f"target {target!r}: 0, 1 or None")
+        self.n_bins, self.target = n_bins, target
         grid = [j / (n_bins - 1) for j in range(n_bins)]
         self.thresholds: list[float] = grid[1:-1]
         # float32 like the probabilities, so `p >= t` (t a Python float) agrees with the binning exactly
@@ -166,7 +172,7 @@ class ThresholdSearch:
         self._bg = torch.as_tensor(np.asarray(state["bg"], dtype=np.int64)).clone()
 
     def _ious(self) -> np.ndarray:
-        """Return foreground IoU at every threshold (NaN where no truth and no predicted foreground)."""
+        """Return the target's IoU at every threshold (NaN where the class is in neither truth nor prediction)."""
         fg = self._fg.numpy()
         bg = self._bg.numpy()
         # above[j] = pixels with p >= edges[j] = sum of entries j+1 .. end
@@ -175,7 +181,12 @@ class ThresholdSearch:
         tp = fg_above[1:-1]
         fp = bg_above[1:-1]
         fn = fg.sum() - tp
-        return _ratio(tp, tp + fp + fn)
+        iou1 = _ratio(tp, tp + fp + fn)
+        if self.target == 1:
+            return iou1
+        tn = bg.sum() - fp  # class 0 is predicted below the threshold
+        iou0 = _ratio(tn, bg.sum() + fn)
+        return iou0 if self.target == 0 else (iou0 + iou1) / 2
 
     def iou_at(self, threshold: float) -> float:
         """Return the foreground IoU at `threshold`, which must be one of `thresholds`."""
@@ -198,3 +209,8 @@ class ThresholdSearch:
         ts = np.array(self.thresholds)
         j = int(candidates[np.argmin(np.abs(ts[candidates] - 0.5))])
         return float(ts[j]), float(top)
+
+
+def threshold_target(background: int | None) -> int | None:
+    """Return the class whose IoU a two-class threshold maximises: the one that is not background."""
+    return None if background is None else 1 - background

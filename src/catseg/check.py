@@ -66,7 +66,8 @@ class CheckReport:
     class_pixels: list[int] = field(default_factory=list)  # per class id, over usable masks
     class_images: list[int] = field(default_factory=list)  # usable masks containing each class
     ignore_pixels: int = 0
-    median_object_fraction: float | None = None  # one object = one foreground class in one image
+    median_object_fraction: float | None = None  # one object = one class but background in one image
+    background: int | None = None  # the background class (catseg.classes), None when every class is real
     missing_masks: list[str] = field(default_factory=list)  # images without a mask
     extra_masks: list[str] = field(default_factory=list)  # masks without an image
     unreadable: list[str] = field(default_factory=list)
@@ -127,8 +128,9 @@ def check_dataset(root: str | Path) -> CheckReport:
         report = CheckReport(root=str(root))
         report.errors += [f"{exc.message}: {p}" for p in exc.problems] or [exc.message]
         return report
-    report = CheckReport(root=str(root), classes=list(info.classes), ignore_index=info.ignore_index, channels=info.channels,
-                         class_pixels=[0] * info.num_classes, class_images=[0] * info.num_classes)
+    report = CheckReport(root=str(root), classes=list(info.classes), ignore_index=info.ignore_index,
+                         class_pixels=[0] * info.num_classes, class_images=[0] * info.num_classes,
+                         background=info.background, channels=info.channels)
     if info.ignore_index < info.num_classes:
         report.errors.append(
             f"{root / 'dataset.json'}: ignore_index {info.ignore_index} is also the id of class "
@@ -306,11 +308,11 @@ def _tally(info: DatasetInfo, rel: str, counts: dict[int, int], area: int, repor
     for value, n in labelled.items():
         report.class_pixels[value] += n
         report.class_images[value] += 1
-        if value != 0:
+        if value != info.background:
             object_fractions.append(n / area)
     if not labelled:
         report.all_ignore_masks.append(rel)
-    elif set(labelled) == {0}:
+    elif set(labelled) == {info.background}:
         report.empty_masks.append(rel)
 
 
@@ -416,6 +418,11 @@ def _figure_lines(report: CheckReport) -> list[str]:
     if report.median_object_fraction is not None:
         lines.append(f"objects   median {report.median_object_fraction:.2%} of the image "
                      "(one object = one class in one image)")
+    if report.classes:
+        lines.append(f"background class {report.background} {report.classes[report.background]!r}"
+                     if report.background is not None else
+                     f"background none: class 0 {report.classes[0]!r} is a class like the others (if it is "
+                     "background, add \"background\": 0 to dataset.json)")
     return lines
 
 

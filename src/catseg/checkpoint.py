@@ -51,6 +51,16 @@ def resume(training: Training, state: dict[str, Any]) -> float:
     t.history, t.best = list(state["history"]), BestEpoch.from_json(dict(state["best"]))
     t.val_seconds = float(state.get("val_seconds", 0.0))
     t.window = type(t.window)(**state.get("window", {}))
+    saved_world = int(state.get("world", 1))
+    if saved_world != t.dist.world:
+        # Another number of processes: an epoch has another number of steps. Continue at the start of the
+        # epoch the checkpoint was in (a partly trained epoch runs again whole) with the step count and so the
+        # schedule recomputed for this world size.
+        done = t.epoch - (1 if t.batch else 0)
+        log.info("the checkpoint was written by %d process(es), this run has %d: continuing after epoch %d with "
+                 "%d steps an epoch (was %d steps at the checkpoint)", saved_world, t.dist.world, done,
+                 t.steps_per_epoch, t.step)
+        t.epoch, t.step, t.batch = done, done * t.steps_per_epoch, 0
     if t.batch:  # stopped mid-epoch: run that epoch again from its start, skipping the batches already trained
         t.epoch, t.skip = t.epoch - 1, t.batch
     stored = weights_best(t.folder.root)
@@ -76,7 +86,7 @@ def write_checkpoint(t: Training) -> None:
         "scaler": t.ctx.scaler.state_dict() if t.ctx.scaler is not None else {},
         "epoch": t.epoch, "step": t.step, "batch": t.batch, "elapsed": t.clock.elapsed(),
         "val_seconds": t.val_seconds, "window": asdict(t.window), "history": t.history, "best": t.best.to_json(),
-        "rng": rng_state(), "replaces": str(t.replaces) if t.replaces else ""})
+        "rng": rng_state(), "replaces": str(t.replaces) if t.replaces else "", "world": t.dist.world})
     t.last_checkpoint = time.perf_counter()
 
 

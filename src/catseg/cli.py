@@ -294,9 +294,10 @@ def _add_predict(sub: Any) -> None:
                                                                   "(default: the one chosen on validation)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass")
-    p.add_argument("--backend", choices=["torch", "onnx"], default=None,
-                   help="torch (PyTorch; the default for a run folder) or onnx (onnxruntime: the run's own export "
-                        "RUN/model.onnx, made on first use; the only one for a .onnx file). Needs catseg[export]")
+    p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None,
+                   help="torch (PyTorch; the default for a run folder), onnx (onnxruntime: the run's own export "
+                        "RUN/model.onnx, made on first use; the default for a .onnx file; needs catseg[export]) or "
+                        "openvino (OpenVINO on that same file; needs catseg[openvino])")
     _add_tta_flags(p)
     _add_labelme_flags(p)
     _add_shard_flag(p, "inputs, sorted by path", "every shard may share one --out")
@@ -367,7 +368,7 @@ def _add_app(sub: Any) -> None:
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860; 0 = any free port)")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="refuse photos with more pixels than this (default: 50 million)")
-    p.add_argument("--backend", choices=["torch", "onnx"], default=None, help="as for `catseg predict`")
+    p.add_argument("--backend", choices=["torch", "onnx", "openvino"], default=None, help="as for `catseg predict`")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(handler=_run_app)
 

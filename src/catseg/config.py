@@ -54,6 +54,8 @@ class TrainConfig:
     augment: str = _f("light", "joint image/mask augmentation: none, light or strong")
     loss: str = _f("dice+ce", "dice (the course's), ce (cross-entropy; BCE for two classes) or dice+ce")
     class_weights: str = _f("none", "cross-entropy class weights: none, auto (inverse sqrt frequency) or comma list")
+    oversample: float = _f(0.0, "share of training crops centred on a pixel of a rare class (one under 2 percent of the "
+                                "training pixels), as nnU-Net oversamples foreground; 0 = off")
     epochs: int = _f(20, "number of passes over the training images (ignored with --time-budget)")
     time_budget: str = _f("", "train for this long instead of --epochs, e.g. 90s, 10m, 1h; the schedule fits the budget")
     batch_size: int = _f(8, "images per optimisation step")
@@ -111,6 +113,8 @@ class TrainConfig:
             problems.append(f"--encoder-lr {self.encoder_lr}: a fraction of --lr between 0 (frozen encoder) and 10")
         if not 0 <= self.warmup < 1:
             problems.append(f"--warmup {self.warmup}: a fraction in [0, 1)")
+        if not 0 <= self.oversample <= 1:
+            problems.append(f"--oversample {self.oversample}: a share of the crops between 0 and 1")
         if not 0 < self.val_fraction < 1:
             problems.append(f"--val-fraction {self.val_fraction}: a fraction between 0 and 1")
         if self.time_budget:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from catseg.bands import BAND_EXTENSIONS, check_channels_block
+from catseg.classes import AUTO, background_id, declared_problem
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_json, check_replaceable, swap_in_place
@@ -47,6 +48,7 @@ class DatasetInfo:
     source: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, list[str]] = field(default_factory=dict)
     channels: dict[str, Any] | None = None  # band images (catseg.bands): count, names, dtype, mean, std; None = photos
+    declared_background: Any = AUTO  # dataset.json's `background` (an id or None); AUTO when it says nothing
     # {stem: image path}, listed once per DatasetInfo (a command): listing images/ for every lookup read
     # millions of folder entries on a 7,000-photo dataset before training started.
     _images: dict[str, Path] | None = field(default=None, init=False, repr=False, compare=False)
@@ -54,6 +56,11 @@ class DatasetInfo:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def background(self) -> int | None:
+        """The background class id, or None when every class is real (see catseg.classes)."""
+        return background_id(self.classes, self.declared_background)
 
     @property
     def images_dir(self) -> Path:
@@ -86,7 +93,10 @@ class DatasetInfo:
         return sorted(set(images) & masks)
 
     def to_json(self) -> dict[str, Any]:
-        return dataset_json(self.classes, self.colors, self.source, self.splits, self.ignore_index, self.channels)
+        doc = dataset_json(self.classes, self.colors, self.source, self.splits, self.ignore_index, self.channels)
+        if self.declared_background != AUTO:
+            doc["background"] = self.declared_background
+        return doc
 
 
 def dataset_json(
@@ -156,6 +166,7 @@ def read_dataset(root: str | Path) -> DatasetInfo:
         source=dict(doc.get("source", {})),
         splits={k: list(v) for k, v in doc.get("splits", {}).items()},
         channels=dict(doc["channels"]) if "channels" in doc else None,
+        declared_background=doc.get("background", AUTO),
     )
 
 
@@ -169,7 +180,7 @@ def _validate_dataset_json(doc: Any) -> list[str]:
         problems.append(f"version is {doc.get('version')!r}; this catseg reads version {DATASET_VERSION}")
     classes = doc.get("classes")
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
-        problems.append("classes must be a list of at least two non-empty names, background first")
+        problems.append("classes must be a list of at least two non-empty names, in id order")
     elif len(set(classes)) != len(classes):
         problems.append(f"classes has duplicate names: {classes}")
     elif len(classes) > 255:
@@ -181,6 +192,8 @@ def _validate_dataset_json(doc: Any) -> list[str]:
         or not all(isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in colors)
     ):
         problems.append("colors must hold one [r, g, b] (0-255) per class")
+    if isinstance(classes, list) and (bad := declared_problem(doc.get("background", AUTO), len(classes))):
+        problems.append(bad)
     ignore = doc.get("ignore_index", IGNORE_INDEX)
     if not isinstance(ignore, int) or not 0 <= ignore <= 255:
         problems.append(f"ignore_index is {ignore!r}; it must be an integer 0-255 (catseg writes 255)")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import json
 import logging
 import math
 import os
@@ -204,19 +203,6 @@ class Dist:
         if len(set(digests)) != 1:
             raise CatsegError(f"the {self.world} processes ended training with different weights "
                               f"({len(set(digests))} distinct); this is a bug in catseg's distributed training")
-
-    def check_resume(self, run_dir: Path) -> None:
-        """Raise a CatsegError when the run was trained by another number of processes: its checkpoint counts
-        optimisation steps of that world size, and the schedule would be misplaced by the ratio."""
-        try:
-            doc = json.loads((Path(run_dir) / "config.json").read_text(encoding="utf-8"))
-            before = int(((doc.get("train") or {}).get("distributed") or {}).get("world_size", 1))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return  # _load_resume has already said what is wrong with the folder, if anything
-        if before != self.world:
-            raise CatsegError(f"{run_dir}: was trained by {before} process(es); resume it with {before} "
-                              f"(torchrun --nproc-per-node / --nnodes), not {self.world}: resuming with another "
-                              "number of processes is not supported yet")
 
     def clock(self, clock: Clock) -> Clock:
         """Return a clock whose time-budget answers come from rank 0 (`clock` itself without a budget)."""

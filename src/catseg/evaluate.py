@@ -21,6 +21,7 @@ from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable, replaced_on_success
 from catseg.images import check_mask_values, read_image, read_mask
 from catseg.metrics import MetricAccumulator
+from catseg.objects import ObjectRecall, format_object_recall
 from catseg.predict import Predictor
 from catseg.run import read_run_config, read_splits
 from catseg.shards import Shard
@@ -104,15 +105,17 @@ def _evaluate(run_dir: Path, dataset_dir: Path, split_name: str, stems: list[str
     if report:
         from catseg.report import ReportCollector  # matplotlib, only when asked
 
-        collector = ReportCollector(info.classes, info.colors, info.ignore_index, report_worst)
-    metrics, calibration = _score(info, dataset_dir, predictor, mine, threshold, collector)
+        collector = ReportCollector(info.classes, info.colors, info.ignore_index, report_worst,
+                                    predictor.config.background)
+    metrics, calibration, found = _score(info, dataset_dir, predictor, mine, threshold, collector)
     used = threshold if threshold is not None else predictor.config.threshold
     meta = {"run": str(run_dir), "dataset_dir": str(dataset_dir), "split": split_name,
             "threshold": used if info.num_classes == 2 else None,
-            "tta": {"flip": predictor.tta, "scales": list(predictor.tta_scales)}}
+            "tta": {"flip": predictor.tta, "scales": list(predictor.tta_scales)},
+            "background": predictor.config.background}
     if shard is not None:
-        return _write_shard(out, shard, stems, meta, metrics, calibration)
-    summary = _write_summary(out, meta, metrics, calibration)
+        return _write_shard(out, shard, stems, meta, metrics, calibration, found)
+    summary = _write_summary(out, meta, metrics, calibration, found)
     if collector is not None:
         from catseg.report import REPORT_FILE, write_report
 
@@ -135,10 +138,11 @@ def _replaceable_out(out: Path, force: bool) -> tuple[str, str | None]:
 
 
 def _score(info: DatasetInfo, dataset_dir: Path, predictor: Predictor, stems: Sequence[str],
-           threshold: float | None, collector: Any) -> tuple[MetricAccumulator, CalibrationAccumulator]:
-    """Return the metrics and calibration of `stems`, each predicted and scored at its own size."""
+           threshold: float | None, collector: Any) -> tuple[MetricAccumulator, CalibrationAccumulator, ObjectRecall]:
+    """Return the metrics, calibration and object recall of `stems`, each predicted and scored at its own size."""
     metrics = MetricAccumulator(info.num_classes, info.classes, info.ignore_index)
     calibration = CalibrationAccumulator()
+    found = ObjectRecall(info.classes, predictor.config.background)
     for i, stem in enumerate(stems):
         image, mask = _read(info.image_path(stem), info.channels), read_mask(info.mask_path(stem))
         if image.shape[:2] != mask.shape:
@@ -149,18 +153,20 @@ def _score(info: DatasetInfo, dataset_dir: Path, predictor: Predictor, stems: Se
         probs = predictor.predict_proba(image)
         pred = predictor.labels_from_proba(probs, threshold)
         metrics.update(pred, mask, name=stem)
+        found.update(pred, mask)
         calibration.update(probs, _tensor(mask), info.ignore_index)
         if collector is not None:
             collector.update(stem, image, mask, probs, pred, info.image_path(stem), info.mask_path(stem))
         if (i + 1) % 50 == 0:
             log.info("evaluated %d/%d", i + 1, len(stems))
-    return metrics, calibration
+    return metrics, calibration, found
 
 
 def _write_summary(out: Path, meta: dict[str, Any], metrics: MetricAccumulator,
-                   calibration: CalibrationAccumulator) -> dict[str, Any]:
+                   calibration: CalibrationAccumulator, found: ObjectRecall) -> dict[str, Any]:
     """Write summary.json and per_image.csv into `out`; return the summary."""
     summary = metrics.summary()
+    summary["objects"] = found.summary()
     summary.update({k: meta[k] for k in ("run", "dataset_dir", "split", "threshold")})
     summary.update({"ece": _clean(calibration.ece()), "tta": meta["tta"]})
     out.mkdir(parents=True, exist_ok=True)
@@ -186,13 +192,14 @@ def _stems_digest(stems: Sequence[str]) -> str:
 
 
 def _write_shard(out: Path, shard: Shard, stems: Sequence[str], meta: dict[str, Any], metrics: MetricAccumulator,
-                 calibration: CalibrationAccumulator) -> dict[str, Any]:
+                 calibration: CalibrationAccumulator, found: ObjectRecall) -> dict[str, Any]:
     """Write one shard's counts (README: "Sharded evaluation"); return what the CLI prints about it."""
     cal = calibration.state()
     doc = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "shard": shard.index, "shards": shard.count,
            **meta, "images": len(stems), "stems_sha256": _stems_digest(stems), "classes": metrics.class_names,
            "ignore_index": metrics.ignore_index, "metrics": metrics.state(),
-           "calibration": {k: v.tolist() for k, v in cal.items()}}
+           "calibration": {k: v.tolist() for k, v in cal.items()},
+           "objects": {"total": found.total.tolist(), "found": found.found.tolist()}}
     path = out / shard_file_name(shard)
     atomic_write_json(path, doc)
     return {"shard": str(shard), "num_images": metrics.num_images, "images": len(stems), "file": str(path),
@@ -223,7 +230,10 @@ def merge_evaluations(dirs: Sequence[str | Path], out_dir: str | Path | None = N
     calibration = CalibrationAccumulator()
     calibration.load_state({k: sum(np.asarray(d["calibration"][k]) for d in ordered)
                             for k in ("count", "confidence", "correct")})
-    summary = _write_summary(out, first, metrics, calibration)
+    found = ObjectRecall(first["classes"], first.get("background"))
+    found.total = sum(np.asarray(d["objects"]["total"], np.int64) for d in ordered)
+    found.found = sum(np.asarray(d["objects"]["found"], np.int64) for d in ordered)
+    summary = _write_summary(out, first, metrics, calibration, found)
     summary["out_dir"] = str(out)
     summary["merged_shards"] = len(ordered)
     return summary
@@ -290,20 +300,28 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """Return a readable table of a summary: per-class IoU and Dice, both reductions."""
+    """Return a readable table of a summary: per-class IoU and Dice (both reductions), worst IoU first,
+    then the largest confusions between classes and the objects found by size."""
     def f(v: Any) -> str:
         return "   n/a" if v is None else f"{v:6.4f}"
 
     lines = [f"{summary['num_images']} images ({summary['split']}) of {summary['dataset_dir']}",
-             f"{'class':20s} {'IoU':>7s} {'Dice':>7s}   {'IoU/img':>7s} {'Dice/img':>8s}"]
-    for name in summary["classes"]:
-        d, p = summary["dataset"]["per_class"][name], summary["per_image"]["per_class"][name]
-        lines.append(f"{name:20s} {f(d['iou']):>7s} {f(d['dice']):>7s}   {f(p['iou']):>7s} {f(p['dice']):>8s}")
-    lines.append(f"{'mean':20s} {f(summary['dataset']['miou']):>7s} {f(summary['dataset']['mdice']):>7s}   "
+             f"{'class (worst IoU first)':24s} {'IoU':>7s} {'Dice':>7s}   {'IoU/img':>7s} {'Dice/img':>8s}"]
+    per_class = summary["dataset"]["per_class"]
+    for name in sorted(summary["classes"], key=lambda n: (per_class[n]["iou"] is None, per_class[n]["iou"] or 0)):
+        d, p = per_class[name], summary["per_image"]["per_class"][name]
+        lines.append(f"{name:24s} {f(d['iou']):>7s} {f(d['dice']):>7s}   {f(p['iou']):>7s} {f(p['dice']):>8s}")
+    lines.append(f"{'mean over classes':24s} {f(summary['dataset']['miou']):>7s} {f(summary['dataset']['mdice']):>7s}   "
                  f"{f(summary['per_image']['miou']):>7s} {f(summary['per_image']['mdice']):>8s}")
+    if summary.get("top_confusions"):
+        lines.append("largest confusions (share of the true class's pixels): " + ", ".join(
+            f"{c['truth']} as {c['predicted']} {c['share']:.1%}" for c in summary["top_confusions"]))
+    if summary.get("objects"):
+        lines += format_object_recall(summary["objects"])
     lines.append(f"pixel accuracy {f(summary['dataset']['pixel_accuracy'])}, calibration error (ECE) "
                  f"{f(summary.get('ece'))}" + (f", threshold {summary['threshold']:.2f}"
                                               if summary.get("threshold") is not None else "")
                  + (", mirror TTA" if summary.get("tta", {}).get("flip") else ""))
-    lines.append(f"(dataset-wide: pixels summed over all images; /img: mean over images)\nwritten to {summary['out_dir']}")
+    lines.append(f"(dataset-wide: pixels summed over all images, ignored pixels left out; /img: mean over images)\n"
+                 f"written to {summary['out_dir']}")
     return "\n".join(lines)

@@ -40,8 +40,9 @@ ONNX_FORMAT_VERSION = 1
 OUTPUTS = ("mask", "probs", "both")
 OPSET = 18
 MIN_AGREEMENT = 0.999  # share of pixels whose class must agree with the PyTorch backend, on every photo
-# Sizes the parity check resizes a photo to: odd, multiples of 32, tall, wide, tiny (height, width).
-CHECK_SIZES = ((333, 517), (256, 384), (640, 160), (160, 640), (31, 29))
+# Sizes the parity check resizes a photo to: odd, multiples of 32, tall, wide, tiny, and one whose area factors
+# (2.5, 4) put many resized values exactly on k + 0.5, where the order of float sums decides (height, width).
+CHECK_SIZES = ((333, 517), (256, 384), (640, 160), (160, 640), (31, 29), (1024, 640))
 EXPORT_SAMPLE = (37, 53)  # odd on purpose: a size-dependent Python branch would be frozen for odd sizes
 INPUT_SPEC = "image: uint8 (H, W, 3) RGB, any H and W (H, W >= 1)"
 POSTPROCESS_NOTE = ("not in the graph: the clean-up (connected components) is applied to the mask after "
@@ -164,6 +165,7 @@ def _metadata(config: RunConfig, outputs: str, flip: bool, fingerprint: str) -> 
         "catseg_format": ONNX_FORMAT, "catseg_format_version": str(ONNX_FORMAT_VERSION),
         "catseg_version": __version__, "model": config.model,
         "classes": json.dumps(config.classes), "colors": json.dumps(config.colors),
+        "background": json.dumps(config.background),
         "threshold": json.dumps(config.threshold if config.num_classes == 2 else None),
         "input": INPUT_SPEC,
         "outputs": json.dumps({"mask": ["mask"], "probs": ["probs"], "both": ["mask", "probs"]}[outputs]),

@@ -5,7 +5,9 @@
 
   resize    OpenCV's resize as catseg calls it (INTER_AREA when the photo shrinks, INTER_LINEAR when
             it grows), per axis as gathered taps and weights, rounded to whole values as OpenCV's
-            uint8 output is; the mode is chosen per photo with `torch.where`, never a Python `if`
+            uint8 output is; the mode is chosen per photo with `torch.where`, never a Python `if`.
+            Bit-exact in onnxruntime too: sizes are computed in double (`f64`) and the taps are added
+            in OpenCV's order (`ordered_sum`), since many area sums are exact ties k + 0.5
   scale     the sliding windows of `Preprocess.logits`: window starts, Gaussian weights and the
             blend are computed from the working image's shape, the windows run as one batch
   back      logits resized to the photo's (H, W) (bilinear), softmax, mirror TTA averaged, then
@@ -33,6 +35,17 @@ def dim(t: torch.Tensor, i: int) -> torch.Tensor:
     return size if isinstance(size, torch.Tensor) else torch.tensor(size, dtype=torch.int64)
 
 
+def f64(size: torch.Tensor) -> torch.Tensor:
+    """Return a 0-d size as a (1,) float64 tensor.
+
+    The TorchScript exporter treats 0-d tensors as scalars and computes an operation between scalars in
+    float32, whatever their dtype: a (1,) tensor keeps the double precision that OpenCV's and Python's
+    arithmetic on sizes has (a scale factor 384 / 320 in float32 moved resize weights by 1e-7, enough to
+    round some pixels to the next grey level).
+    """
+    return size.double().reshape(1)
+
+
 def _const(value: int) -> torch.Tensor:
     return torch.full((), value, dtype=torch.int64)
 
@@ -47,9 +60,9 @@ def _axis_taps(n_in: torch.Tensor, n_out: torch.Tensor, area: torch.Tensor, area
     asked but some axis grows (area_mode). OpenCV sets the weight of edge samples to 0 along x only
     (clamp_edge); along y it clamps the rows and keeps the weights.
     """
-    n_in_f = n_in.double()
-    scale = n_in_f / n_out.double()  # OpenCV's scale_x (double)
-    taps = torch.floor(scale).long() + 2  # a footprint covers at most ceil(scale) + 1 samples
+    n_in_f = f64(n_in)
+    scale = n_in_f / f64(n_out)  # OpenCV's scale_x (double)
+    taps = (torch.floor(scale).long() + 2).reshape(())  # a footprint covers at most ceil(scale) + 1 samples
     d = torch.arange(n_out, dtype=torch.float64)[:, None]  # (n_out, 1)
     k = torch.arange(taps, dtype=torch.float64)[None, :]  # (1, taps)
     lo = d * scale
@@ -74,6 +87,22 @@ def _axis_taps(n_in: torch.Tensor, n_out: torch.Tensor, area: torch.Tensor, area
     return index, torch.where(area, area_w, lin_w).float()
 
 
+def ordered_sum(x: torch.Tensor, dim_: int) -> torch.Tensor:
+    """Return x summed over `dim_` one term after another, in float32, as OpenCV's loops add.
+
+    Float sums round differently in another order, and a resize whose exact value is a tie (k + 0.5, common
+    for factors like 1.5 or 2.5) then rounds to another grey level. A reduction's order is the runtime's
+    choice; CumSum's is not (out[i] = out[i - 1] + x[i]), so the exported graph sums with it. In PyTorch
+    (whose cumsum accumulates in double) the terms are added in a Python loop over the few taps.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return x.cumsum(dim_).select(dim_, -1)
+    total = x.select(dim_, 0)
+    for k in range(1, x.shape[dim_]):
+        total = total + x.select(dim_, k)
+    return total
+
+
 def _gather(x: torch.Tensor, index: torch.Tensor, dim_: int) -> torch.Tensor:
     """Return x (C, H, W) gathered along dim 1 or 2 by an (n_out, taps) index: (C, n_out, taps, W) or
     (C, H, n_out, taps)."""
@@ -96,10 +125,10 @@ def resize_like_cv2(x: torch.Tensor, height: torch.Tensor, width: torch.Tensor) 
     area, area_mode = shrink & no_growth, shrink & ~no_growth
     cols, col_w = _axis_taps(w_in, width, area, area_mode, clamp_edge=True)
     rows, row_w = _axis_taps(h_in, height, area, area_mode, clamp_edge=False)
-    horizontal = (_gather(x, cols, 2) * col_w).sum(3)  # (C, H, width); exact whole numbers when linear
+    horizontal = ordered_sum(_gather(x, cols, 2) * col_w, 3)  # (C, H, width); exact whole numbers when linear
     g = _gather(horizontal, rows, 1)  # (C, height, taps, width)
     row_w = row_w[:, :, None]  # (height, taps, 1)
-    by_area = (g * row_w).sum(2)
+    by_area = ordered_sum(g * row_w, 2)
     # OpenCV's fast path for whole-number factors sums each block exactly, then multiplies by the float
     # 1 / (block area) (its 2x2 vector path: (sum + 2) >> 2); other factors round the float sum.
     fast = (h_in % height == 0) & (w_in % width == 0)
@@ -117,23 +146,24 @@ def resize_like_cv2(x: torch.Tensor, height: torch.Tensor, width: torch.Tensor) 
 def scale_working_size(height: torch.Tensor, width: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the working (height, width) of the scale policy: shorter side -> size, as
     catseg.preprocess.working_size computes it (double precision, ties to even)."""
-    h, w = height.double(), width.double()
+    h, w = f64(height), f64(width)
     factor = size / torch.minimum(h, w)
-    return (torch.round(h * factor).long().clamp(min=1), torch.round(w * factor).long().clamp(min=1))
+    return (torch.round(h * factor).long().clamp(min=1).reshape(()),
+            torch.round(w * factor).long().clamp(min=1).reshape(()))
 
 
 def _window_starts(length: torch.Tensor, window: torch.Tensor, overlap: float) -> torch.Tensor:
     """Return int64 starts of windows covering `length`, as catseg.preprocess.window_starts."""
-    stride = torch.floor(window.double() * (1.0 - overlap)).clamp(min=1)
-    span = (length - window).double()  # 0 when the window covers the side
+    stride = torch.floor(f64(window) * (1.0 - overlap)).clamp(min=1)
+    span = f64(length - window)  # 0 when the window covers the side
     count = torch.ceil(span / stride) + 1
-    i = torch.arange(count.long(), dtype=torch.float64)
+    i = torch.arange(count.long().reshape(()), dtype=torch.float64)
     return torch.round(i * span / (count - 1).clamp(min=1)).long()
 
 
 def _gaussian(n: torch.Tensor) -> torch.Tensor:
     """Return catseg.preprocess.gaussian_weight's per-axis factor (n,) float64, peak 1."""
-    nf = n.double()
+    nf = f64(n)
     x = torch.arange(n, dtype=torch.float64) - (nf - 1) / 2
     return torch.exp(-0.5 * (x / torch.clamp(nf / 8, min=1.0)) ** 2)
 

@@ -94,7 +94,12 @@ class _Source:
 
 # ----------------------------------------------------------------------------- labels
 def read_labels_file(path: Path) -> dict[str, int]:
-    """Return {label: id} from a labelme labels.txt (`__ignore__`, `_background_`, then classes)."""
+    """Return {label: id} from a labelme labels.txt (`__ignore__`, `_background_`, then classes).
+
+    A file with no `_background_` line gives id 0 to its first class: a dataset without a background
+    class (catseg.classes), whose every pixel is one of the listed classes, as `catseg predict --format
+    labelme` writes it for such a run. Pixels nobody painted are then that first class.
+    """
     try:
         names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
@@ -103,9 +108,9 @@ def read_labels_file(path: Path) -> dict[str, int]:
     if names[:1] == [IGNORE_LABEL]:
         names = names[1:]
     problems = []
-    if names[:1] != [BACKGROUND_LABEL]:
-        problems.append(f"the first class must be {BACKGROUND_LABEL} (id 0), after an optional {IGNORE_LABEL} line")
-    for reserved in (IGNORE_LABEL, BACKGROUND_LABEL, "background"):
+    if BACKGROUND_LABEL in names[1:]:
+        problems.append(f"{BACKGROUND_LABEL} must be the first class (id 0), after an optional {IGNORE_LABEL} line")
+    for reserved in (IGNORE_LABEL, "background"):
         if reserved in names[1:]:
             problems.append(f"{reserved!r} cannot be a class name here; remove that line")
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "confusion_matrix",
     "scores",
+    "top_confusions",
     "MetricAccumulator",
 ]
 
@@ -131,6 +132,21 @@ def scores(cm: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str
     }
 
 
+def top_confusions(cm: np.ndarray, class_names: Sequence[str], count: int = 5) -> list[dict[str, Any]]:
+    """Return the `count` largest mistakes of a (K, K) confusion matrix (rows = truth), largest share first:
+    {"truth", "predicted", "pixels", "share"}, where share is the part of the true class's counted pixels
+    predicted as the other class (a rare class mistaken for a common one ranks by its own loss)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = _ratio(cm, np.broadcast_to(rows, cm.shape))
+    share[np.diag_indices_from(share)] = np.nan
+    share[cm == 0] = np.nan
+    order = [int(i) for i in np.argsort(-np.nan_to_num(share, nan=-1.0), axis=None, kind="stable")[:count]]
+    k = cm.shape[0]
+    return [{"truth": str(class_names[i // k]), "predicted": str(class_names[i % k]), "pixels": int(cm.flat[i]),
+             "share": float(share.flat[i])} for i in order if not np.isnan(share.flat[i])]
+
+
 def _class_names(num_classes: int, class_names: Sequence[str] | None) -> list[str]:
     if class_names is None:
         return [f"class_{i}" for i in range(num_classes)]
@@ -222,14 +238,16 @@ class MetricAccumulator:
         """Return a JSON-safe dict (NaN written as None) of both reductions and the confusion matrix.
 
         Shape: {"num_images", "classes", "dataset": {"miou", "mdice", "pixel_accuracy",
-        "per_class": {name: {"iou", "dice"}}}, "per_image": {same keys}, "confusion_matrix": [[...]]}.
+        "per_class": {name: {"iou", "dice", "precision", "recall"}}}, "per_image": {same keys, iou and dice
+        per class}, "confusion_matrix": [[...]] (rows = truth), "top_confusions": see top_confusions}.
         """
         s = scores(self.confusion, self.class_names)
         dataset = {
             "miou": _json_float(s["miou"]),
             "mdice": _json_float(s["mdice"]),
             "pixel_accuracy": _json_float(s["pixel_accuracy"]),
-            "per_class": {n: {"iou": _json_float(s["iou"][c]), "dice": _json_float(s["dice"][c])}
+            "per_class": {n: {"iou": _json_float(s["iou"][c]), "dice": _json_float(s["dice"][c]),
+                              "precision": _json_float(s["precision"][c]), "recall": _json_float(s["recall"][c])}
                           for c, n in enumerate(self.class_names)},
         }
         return {
@@ -238,6 +256,7 @@ class MetricAccumulator:
             "dataset": dataset,
             "per_image": self._per_image(),
             "confusion_matrix": self.confusion.tolist(),
+            "top_confusions": top_confusions(self.confusion, self.class_names),
         }
 
     def state(self) -> dict[str, Any]:

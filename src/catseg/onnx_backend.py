@@ -1,9 +1,10 @@
-"""OnnxPredictor: an exported .onnx file run by onnxruntime, giving what the PyTorch Predictor gives.
+"""OnnxPredictor: an exported .onnx file run by onnxruntime (or OpenVINO), giving what the PyTorch Predictor gives.
 
 The file carries everything it needs (catseg.export writes the classes, colours, threshold, mirror-TTA
 choice and clean-up into its metadata), so `catseg predict MODEL.onnx ...` needs no run folder.
 `catseg predict RUN ... --backend onnx` uses the run's own export, RUN/model.onnx, made on first use
-and made again when the run's weights or prediction settings have changed since.
+and made again when the run's weights or prediction settings have changed since. `--backend openvino`
+runs the same file with OpenVINO instead (catseg.openvino_runtime); the predictor says which runtime it is.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catseg.classes import AUTO, background_id
 from catseg.errors import CatsegError
 from catseg.export import ONNX_FORMAT, export_onnx, require, run_fingerprint, session_from
 from catseg.postprocess import Postprocess
@@ -26,6 +28,7 @@ from catseg.run import read_run_config
 log = logging.getLogger(__name__)
 
 RUN_EXPORT = "model.onnx"
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class OnnxInfo:
     postprocess: dict[str, Any]
     fingerprint: str
     version: str
+    background: int | None = None  # catseg.classes; files exported before it was stored: from the names
 
     @property
     def num_classes(self) -> int:
@@ -53,33 +57,55 @@ class OnnxInfo:
             return cls(classes=list(json.loads(meta["classes"])), colors=[list(c) for c in json.loads(meta["colors"])],
                        threshold=json.loads(meta["threshold"]), flip=bool(json.loads(meta["tta"])["flip"]),
                        postprocess=dict(json.loads(meta["postprocess"])), fingerprint=meta.get("source_fingerprint", ""),
-                       version=meta.get("catseg_version", "?"))
+                       version=meta.get("catseg_version", "?"),
+                       background=background_id(json.loads(meta["classes"]),
+                                                json.loads(meta["background"]) if "background" in meta else AUTO))
         except (KeyError, TypeError, ValueError) as exc:
             raise CatsegError(f"{path}: its catseg metadata is damaged ({exc}); export the run again") from exc
 
 
 class OnnxPredictor:
-    """An exported catseg model run by onnxruntime on the CPU."""
+    """An exported catseg model run on the CPU by onnxruntime, or by OpenVINO (runtime="openvino")."""
 
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
+    def __init__(self, path: str | Path, threads: int = 0, runtime: str = "onnxruntime") -> None:
         self.path = Path(path)
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         if not self.path.is_file():
             raise CatsegError(f"{self.path}: no such file; export a run with `catseg export RUN --out {self.path}`")
+        self.runtime = runtime
+        if runtime == "openvino":
+            from catseg.openvino_runtime import OpenVinoModel
+
+            model = OpenVinoModel(self.path, threads)
+            meta, self.outputs, self._run, self.description = (model.metadata, model.outputs, model.run,
+                                                               model.description)
+        else:
+            meta = self._open_onnxruntime(threads)
+        self.info = OnnxInfo.from_metadata(meta, self.path)
+        self.postprocess = Postprocess.from_json(self.info.postprocess)
+        log.info("backend: %s, %s", self.description, self.path)
+
+    def _open_onnxruntime(self, threads: int) -> dict[str, str]:
         ort = require("onnxruntime")
         try:
-            self.session = session_from(self.path, threads)
+            session = session_from(self.path, threads)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types for damaged files
             raise CatsegError(f"{self.path}: onnxruntime cannot load it ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from exc
-        self.info = OnnxInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        self.postprocess = Postprocess.from_json(self.info.postprocess)
-        log.info("backend: onnxruntime %s (%s), %s", ort.__version__, ", ".join(self.session.get_providers()),
-                 self.path)
+        self.session = session
+        self.outputs = [o.name for o in session.get_outputs()]
+        self._run = lambda image: session.run(None, {"image": image})
+        self.description = f"onnxruntime {ort.__version__} ({', '.join(session.get_providers())})"
+        return dict(session.get_modelmeta().custom_metadata_map)
 
     @property
     def classes(self) -> list[str]:
         return self.info.classes
+
+    @property
+    def background(self) -> int | None:
+        return self.info.background
 
     @property
     def colors(self) -> list[list[int]]:
@@ -93,7 +119,7 @@ class OnnxPredictor:
         """Return the graph's outputs ("mask" (H, W) uint8, "probs" (K, H, W) float32) for one photo."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 photo, got {image.dtype} {image.shape}")
-        return dict(zip(self.outputs, self.session.run(None, {"image": np.ascontiguousarray(image)})))
+        return dict(zip(self.outputs, self._run(np.ascontiguousarray(image))))
 
     def predict_batch(self, images: Sequence[np.ndarray], threshold: float | None = None
                       ) -> list[tuple[torch.Tensor | None, np.ndarray]]:
@@ -136,9 +162,10 @@ def run_export_path(run_dir: Path, flip: bool, stored_flip: bool) -> Path:
     return run_dir / ("model-tta.onnx" if flip else "model-no-tta.onnx")
 
 
-def open_run_export(run_dir: str | Path, tta: bool | None = None, threads: int = 0) -> OnnxPredictor:
+def open_run_export(run_dir: str | Path, tta: bool | None = None, threads: int = 0,
+                    runtime: str = "onnxruntime") -> OnnxPredictor:
     """Return an OnnxPredictor for a run folder's own export, exporting it first when it is missing or
-    older than the run's weights and settings."""
+    older than the run's weights and settings (the export's parity check runs onnxruntime)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     stored = bool(config.tta.get("flip", False))
@@ -147,7 +174,7 @@ def open_run_export(run_dir: str | Path, tta: bool | None = None, threads: int =
     fingerprint = run_fingerprint(run_dir, config)
     if path.is_file():
         try:
-            predictor = OnnxPredictor(path, threads)
+            predictor = OnnxPredictor(path, threads, runtime)
             if predictor.info.fingerprint == fingerprint:
                 return predictor
             log.info("%s is older than the run's weights or settings: exporting again", path)
@@ -157,4 +184,4 @@ def open_run_export(run_dir: str | Path, tta: bool | None = None, threads: int =
     report = export_onnx(run_dir, path, outputs="both", tta=flip, force=True, threads=threads)
     log.info("parity with the PyTorch backend: min %.4f%% of pixels agree on %d photos",
              100 * report.min_agreement, len(report.parity))
-    return OnnxPredictor(path, threads)
+    return OnnxPredictor(path, threads, runtime)

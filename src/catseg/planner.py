@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from catseg.classes import RARE_SHARE, objects, rare
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo
 from catseg.hardware import Forward, resolve_device, resolve_precision
 from catseg.images import open_image, read_mask
 from catseg.losses import SegmentationLoss
 from catseg.models import create_model, lite, preprocessing_for
+from catseg.objects import object_widths, typical_width
 from catseg.preprocess import Preprocess
 from catseg.steps import StepContext, step_seconds
 
@@ -39,7 +42,13 @@ TARGET_STEPS = 5000
 # Input pixels the median object should span: beyond that, resolution costs steps and buys little (pets
 # fill ~38% of their photos and span ~80 px at 128 px; 160 and 192 px did not score higher).
 OBJECT_SPAN = 80
-PLANNED = ("model", "encoder", "encoder_weights", "size", "width", "augment", "lr", "class_weights")
+PLANNED = ("model", "encoder", "encoder_weights", "size", "width", "augment", "lr", "class_weights", "oversample")
+# Many classes and small objects (CamVid): the thinnest class's typical object should keep this many input
+# pixels of width. Its poles are ~5.4 px wide in 480 px photos: 256 px keeps them ~2.9 px, 160 px ~1.8 px.
+THIN_WIDTH_PX = 3.0
+# Share of training crops centred on a rare class's pixel, as nnU-Net's oversample_foreground_percent.
+OVERSAMPLE = 0.33
+WIDTH_SAMPLE = 80  # masks whose objects are measured for their width (the slow part of the statistics)
 
 # The pretrained default: EfficientNet-Lite0 was designed for CPUs, and its ImageNet weights install with pip.
 PRETRAINED_MODEL = "smp-unet"
@@ -65,8 +74,11 @@ class DataStats:
 
     images: int
     median_short_side: int
-    median_object_fraction: float  # median share of the image covered by one foreground class
+    median_object_fraction: float  # median share of the image covered by one class but background
     rarest_class_fraction: float  # smallest share of labelled pixels among the classes
+    rare_classes: list[str] = field(default_factory=list)  # classes but background under RARE_SHARE of the pixels
+    thin_class: str = ""  # the class whose typical object is thinnest ("" when unmeasured)
+    thin_width: float = 0.0  # its typical object's width as a share of the photos' longer side
     channels: int = 3  # bands of band images (catseg.bands): steps are measured on inputs this wide
 
 
@@ -84,19 +96,65 @@ class Plan:
 
 
 def data_stats(info: DatasetInfo, stems: list[str], sample: int = 200) -> DataStats:
-    """Return image sizes (from headers) and object sizes (from up to `sample` masks)."""
+    """Return image sizes (from headers), object sizes and class shares (from up to `sample` masks) and the
+    width of the thinnest class's objects (from up to WIDTH_SAMPLE of them)."""
     # A band image (.npy) has no header Pillow reads; its mask has its size.
     sized = info.mask_path if info.channels is not None else info.image_path
-    shorts = [min(open_image(sized(stem), decode=False).size) for stem in stems]
+    sizes = [open_image(sized(stem), decode=False).size for stem in stems]
+    things = objects(info.num_classes, info.background)
     fractions, counts = [], np.zeros(info.num_classes, dtype=np.int64)
-    for stem in stems[:: max(1, len(stems) // sample)]:
+    widths: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in things}
+    sampled = stems[:: max(1, len(stems) // sample)]
+    measured = set(sampled[:: max(1, len(sampled) // WIDTH_SAMPLE)])
+    for stem in sampled:
         mask = read_mask(info.mask_path(stem))
         hist = np.bincount(mask.ravel(), minlength=256)[: info.num_classes]
         counts += hist
-        fractions += [h / mask.size for h in hist[1:] if h > 0]
+        fractions += [hist[c] / mask.size for c in things if hist[c] > 0]
+        if stem in measured:
+            for c, found in object_widths(mask, things).items():
+                widths[c].append((found[0] / max(mask.shape), found[1]))
     labelled = counts.sum() or 1
-    return DataStats(len(stems), int(np.median(shorts)), float(np.median(fractions)) if fractions else 0.0,
-                     float(counts.min() / labelled), int(info.channels["count"]) if info.channels else 3)
+    rare_names = [info.classes[c] for c in rare(counts.tolist(), info.background)]
+    typical = {c: typical_width(np.concatenate([w for w, _ in v]), np.concatenate([a for _, a in v]))
+               for c, v in widths.items() if v}
+    thin = min(typical, key=lambda c: typical[c]) if typical else None
+    return DataStats(len(sizes), int(np.median([min(s) for s in sizes])),
+                     float(np.median(fractions)) if fractions else 0.0, float(counts.min() / labelled),
+                     rare_names, info.classes[thin] if thin is not None else "", typical[thin] if thin is not None else 0.0,
+                     channels=int(info.channels["count"]) if info.channels else 3)
+
+
+def thin_floor(stats: DataStats, sizes: Sequence[int]) -> tuple[int, str]:
+    """Return the largest of `sizes` (ascending) that does not exceed what keeps the thinnest class's typical
+    object THIN_WIDTH_PX wide, and why; (sizes[0], "") when nothing is thin enough to matter."""
+    if not stats.thin_width:
+        return sizes[0], ""
+    needed = THIN_WIDTH_PX / stats.thin_width
+    floor = max([s for s in sizes if s <= needed], default=sizes[0])
+    if floor == sizes[0]:
+        return floor, ""
+    return floor, (f"sizes from {floor}px: {stats.thin_class} objects are typically {100 * stats.thin_width:.1f}% of "
+                   f"the photo's longer side wide; {floor}px keeps them about "
+                   f"{stats.thin_width * floor:.1f}px wide (aiming at {THIN_WIDTH_PX:g})")
+
+
+def _plan_rare(stats: DataStats, given: set[str], reasons: list[str]) -> dict[str, Any]:
+    """Return class weights and rare-class crops for a dataset with rare classes (nothing otherwise)."""
+    changes: dict[str, Any] = {}
+    if "class_weights" not in given and (stats.rarest_class_fraction < 0.05 or stats.rare_classes):
+        changes["class_weights"] = "auto"
+        why = (f"{', '.join(stats.rare_classes)} each under {100 * RARE_SHARE:g}% of pixels" if stats.rare_classes
+               else f"the rarest class is {100 * stats.rarest_class_fraction:.1f}% of pixels")
+        reasons.append(f"class weights auto: {why}")
+    if "loss" not in given and stats.rare_classes:
+        reasons.append("loss dice+ce kept: its Dice term weighs every class alike, as class-mean IoU does, where "
+                       "cross-entropy alone would favour the common classes")
+    if "oversample" not in given and stats.rare_classes:
+        changes["oversample"] = OVERSAMPLE
+        reasons.append(f"oversample {OVERSAMPLE:g}: a third of the training crops are centred on a pixel of "
+                       f"{', '.join(stats.rare_classes)}, so the rare classes are seen more often")
+    return changes
 
 
 def seconds_per_step(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 5,
@@ -168,9 +226,17 @@ def _plan_unet(config: TrainConfig, stats: DataStats, budget: float, given: set[
     if ceiling < min(stats.median_short_side, 256):
         reasons.append(f"sizes up to {ceiling}px: the median object spans about {OBJECT_SPAN}px there; more "
                        "resolution would cost steps")
+    pairs = CANDIDATES
+    if "size" not in given:
+        thin, why = thin_floor(stats, sorted({s for s, _ in CANDIDATES if floor <= s <= ceiling}) or [floor])
+        if why:
+            floor = thin
+            reasons.append(why)
+            # the narrow width at the floor too, so that thin objects do not also force the widest model
+            pairs = tuple(sorted(set(CANDIDATES) | {(thin, 16)}, key=lambda p: p[0] * p[0] * p[1]))
     sizes = [config.size] if "size" in given else None
     widths = [config.width] if "width" in given else None
-    candidates = [(s, w) for s, w in CANDIDATES
+    candidates = [(s, w) for s, w in pairs
                   if (sizes is None or s in sizes) and (widths is None or w in widths) and floor <= s <= ceiling]
     if not candidates:
         candidates = [(config.size if sizes else min(ceiling, 256), config.width if widths else 16)]
@@ -202,9 +268,7 @@ def _plan_unet(config: TrainConfig, stats: DataStats, budget: float, given: set[
     if "lr" not in given:
         changes["lr"] = 2e-3 if width <= 16 else 1e-3
         reasons.append(f"lr {changes['lr']:g}: narrow UNets with BatchNorm train well at a higher rate")
-    if "class_weights" not in given and stats.rarest_class_fraction < 0.05:
-        changes["class_weights"] = "auto"
-        reasons.append(f"class weights auto: the rarest class is {100 * stats.rarest_class_fraction:.1f}% of pixels")
+    changes.update(_plan_rare(stats, given, reasons))
     return Plan(replace(config, **changes), reasons, measured)
 
 
@@ -238,6 +302,11 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
     enough = 32 * round(PRETRAINED_SPAN / math.sqrt(max(stats.median_object_fraction, 1e-4)) / 32)
     ceiling = max(PRETRAINED_SIZES[0], min(32 * (stats.median_short_side // 32), enough))
     sizes = [config.size] if "size" in given else [s for s in PRETRAINED_SIZES if s <= ceiling]
+    if "size" not in given:
+        floor, why = thin_floor(stats, sizes)
+        if why:
+            sizes = [s for s in sizes if s >= floor]
+            reasons.append(why)
     measured: dict[str, float] = {}
     chosen = sizes[0]
     for size in sizes:
@@ -271,9 +340,7 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
     if "lr" not in given:
         changes["lr"] = PRETRAINED_LR
         reasons.append(f"lr {PRETRAINED_LR:g} for the decoder, {config.encoder_lr:g}x that for the pretrained encoder")
-    if "class_weights" not in given and stats.rarest_class_fraction < 0.05:
-        changes["class_weights"] = "auto"
-        reasons.append(f"class weights auto: the rarest class is {100 * stats.rarest_class_fraction:.1f}% of pixels")
+    changes.update(_plan_rare(stats, given, reasons))
     return Plan(replace(config, **changes), reasons, measured)
 
 

@@ -31,7 +31,8 @@ from catseg.shards import Shard
 log = logging.getLogger(__name__)
 
 FORMATS = ("mask", "overlay", "prob", "npy", "labelme")
-BACKENDS = ("torch", "onnx")  # PyTorch eager, or onnxruntime on the run's (or a given file's) ONNX export
+# PyTorch eager; onnxruntime on the run's (or a given file's) ONNX export; OpenVINO on that same file.
+BACKENDS = ("torch", "onnx", "openvino")
 
 
 class Predictor:
@@ -50,6 +51,11 @@ class Predictor:
         if bad or not self.tta_scales:
             raise CatsegError(f"--tta-scales {','.join(map(str, self.tta_scales))}: give factors between 0.25 and 4, "
                               "e.g. 0.75,1,1.25")
+
+    @property
+    def background(self) -> int | None:
+        """The background class id, or None when every class is real (catseg.classes)."""
+        return self.config.background
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
@@ -220,13 +226,14 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "class"
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5) -> np.ndarray:
-    """Return the photo with every non-background class painted in its colour and outlined in white,
-    so that dark palette colours stay visible on dark subjects."""
+def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5,
+            background: int | None = 0) -> np.ndarray:
+    """Return the photo with every class but background (all of them when `background` is None) painted in
+    its colour and outlined in white, so that dark palette colours stay visible on dark subjects."""
     palette = np.zeros((256, 3), dtype=np.float32)
     palette[: len(colors)] = np.asarray(colors, dtype=np.float32)
     painted = palette[mask]
-    labelled = ((mask > 0) & (mask < len(colors)))[..., None]
+    labelled = ((mask != background) & (mask < len(colors)))[..., None]
     blend = np.where(labelled, (1 - alpha) * image.astype(np.float32) + alpha * painted, image.astype(np.float32))
     edges = _boundaries(mask, thickness=max(1, min(mask.shape) // 300))
     blend[edges] = 255.0
@@ -244,12 +251,12 @@ def _boundaries(mask: np.ndarray, thickness: int) -> np.ndarray:
 
 
 def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor | None, mask: np.ndarray,
-            colors: Sequence[Sequence[int]]) -> list[bytes]:
+            colors: Sequence[Sequence[int]], background: int | None = 0) -> list[bytes]:
     if fmt == "mask":
         return [mask_png_bytes(mask, colors)]
     if fmt == "overlay":
         buf = io.BytesIO()
-        Image.fromarray(overlay(image, mask, colors)).save(buf, format="JPEG", quality=92)
+        Image.fromarray(overlay(image, mask, colors, background=background)).save(buf, format="JPEG", quality=92)
         return [buf.getvalue()]
     assert probs is not None  # predict_files refuses prob/npy for a model without probabilities
     if fmt == "prob":
@@ -272,8 +279,9 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     """Predict every input photo and write the chosen formats into out_dir; return the written paths.
 
     `run_dir` is a run folder, or a .onnx file written by `catseg export`. `backend` "torch" (PyTorch, the
-    default for a run folder) or "onnx" (onnxruntime: the file given, or the run's own RUN/model.onnx,
-    exported on first use); None picks by what `run_dir` is. Either backend writes the same formats.
+    default for a run folder), "onnx" (onnxruntime: the file given, or the run's own RUN/model.onnx,
+    exported on first use) or "openvino" (OpenVINO on that same file); None picks by what `run_dir` is.
+    Every backend writes the same formats.
     Every output name is checked before anything is written, so a refusal leaves no partial output.
     With the labelme format (polygons shaped by `labelme`), photos whose <stem>.json is already in
     out_dir are skipped (and logged) unless force, and out_dir gets a labels.txt for `catseg convert --labels`.
@@ -318,7 +326,7 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
             log.info("skipped %d photo(s) whose labelme JSON is already in %s (--force replaces them): %s",
                      len(skipped), out_dir, ", ".join(map(str, skipped)))
         plan = {f: plan[f] for f in files}
-        labels_txt = check_labels_file(out_dir, predictor.classes, force)
+        labels_txt = check_labels_file(out_dir, predictor.classes, force, predictor.background)
     _check_out_dir(every, out_dir, formats)
     existing = [p for outs in plan.values() for paths in outs.values() for p in paths if p.exists()]
     if existing and not force:
@@ -336,8 +344,8 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
             if bands is not None and "overlay" in formats:  # overlays are drawn on the false-colour preview
                 image = false_colour(image, bands.preview)
             for fmt, paths in plan[f].items():
-                encoded = ([_labelme_bytes(f, paths[0], mask, predictor.classes, labelme, run_dir)]
-                           if fmt == "labelme" else _encode(fmt, image, probs, mask, colors))
+                encoded = ([_labelme_bytes(f, paths[0], mask, predictor.classes, labelme, run_dir, predictor.background)]
+                           if fmt == "labelme" else _encode(fmt, image, probs, mask, colors, predictor.background))
                 for path, data in zip(paths, encoded):
                     atomic_write_bytes(path, data)
                     written.append(path)
@@ -377,8 +385,8 @@ def _check_out_dir(files: Sequence[Path], out_dir: Path, formats: Sequence[str])
 
 
 def _labelme_bytes(photo: Path, json_path: Path, mask: np.ndarray, classes: Sequence[str],
-                   options: LabelmeOptions | None, run_dir: str | Path) -> bytes:
-    doc = labelme_document(photo, json_path, mask, classes, options or LabelmeOptions(),
+                   options: LabelmeOptions | None, run_dir: str | Path, background: int | None = 0) -> bytes:
+    doc = labelme_document(photo, json_path, mask, classes, options or LabelmeOptions(), background=background,
                            description=f"predicted by catseg ({Path(run_dir).resolve().name})")
     return labelme_json_bytes(doc)
 
@@ -394,8 +402,9 @@ def _predict_chunk(predictor: Any, images: Sequence[np.ndarray], threshold: floa
 
 def open_predictor(source: str | Path, backend: str | None = None, device: str = "auto", tta: bool | None = None,
                    tta_scales: Sequence[float] = (1.0,), threads: int = 0) -> Any:
-    """Return a Predictor (backend "torch") or a catseg.onnx_backend.OnnxPredictor (backend "onnx") for a run
-    folder or an exported .onnx file, logging which backend runs; never falls back from one to the other."""
+    """Return a Predictor (backend "torch") or a catseg.onnx_backend.OnnxPredictor (backend "onnx", or
+    "openvino": the same file run by OpenVINO) for a run folder or an exported .onnx file, logging which
+    backend runs; never falls back from one to another."""
     source = Path(source)
     is_file = source.suffix.lower() == ".onnx"
     backend = backend or ("onnx" if is_file else "torch")
@@ -403,8 +412,8 @@ def open_predictor(source: str | Path, backend: str | None = None, device: str =
         raise CatsegError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
         if is_file:
-            raise CatsegError(f"{source}: an exported ONNX file runs on the onnx backend; drop --backend torch, "
-                              "or give the run folder it came from")
+            raise CatsegError(f"{source}: an exported ONNX file runs on the onnx or openvino backend; drop "
+                              "--backend torch, or give the run folder it came from")
         predictor = Predictor.from_run(source, device=device, tta=tta, tta_scales=tta_scales)
         log.info("backend: PyTorch %s on %s (%s)", torch.__version__, predictor.device,
                  precision_name(predictor.forward.dtype))
@@ -413,14 +422,20 @@ def open_predictor(source: str | Path, backend: str | None = None, device: str =
 
     problems = []
     if device == "cuda":
-        problems.append("--device cuda: the onnx backend runs onnxruntime on the CPU; use --backend torch for a GPU")
+        problems.append(f"--device cuda: the {backend} backend runs on the CPU; use --backend torch for a GPU")
     if tuple(tta_scales) != (1.0,):
-        problems.append("--tta-scales: the onnx backend predicts at the working size only; use --backend torch")
+        problems.append(f"--tta-scales: the {backend} backend predicts at the working size only; use --backend torch")
     if problems:
-        raise CatsegError("cannot predict with the onnx backend", problems)
+        raise CatsegError(f"cannot predict with the {backend} backend", problems)
+    runtime = "onnxruntime"
+    if backend == "openvino":
+        from catseg.openvino_runtime import require_openvino
+
+        require_openvino()  # before any export: a missing extra is the user's one problem
+        runtime = "openvino"
     if not is_file:
-        return open_run_export(source, tta=tta, threads=threads)
-    predictor = OnnxPredictor(source, threads)
+        return open_run_export(source, tta=tta, threads=threads, runtime=runtime)
+    predictor = OnnxPredictor(source, threads, runtime)
     if tta is not None and tta != predictor.info.flip:
         raise CatsegError(f"{source}: mirror TTA is {'on' if predictor.info.flip else 'off'} inside this file; "
                           f"--{'no-' if not tta else ''}tta cannot change it. Export again with "

@@ -4,8 +4,8 @@
 only what the page needs: the two-class threshold histograms, one (class, object size, IoU) row per
 class present in each image, and small pictures of the worst images so far. `write_report` draws the
 figures with matplotlib's object API (no pyplot state) and embeds every picture as base64, so the
-page can be mailed or archived alone. No class is assumed to be background: every class is scored,
-drawn and named the same way.
+page can be mailed or archived alone. Every class is scored, drawn and named the same way; background
+(catseg.classes) only decides the colours of the error pictures and what the two-class threshold serves.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from catseg.calibration import ThresholdSearch
+from catseg.calibration import ThresholdSearch, threshold_target
 from catseg.files import atomic_write_bytes
 from catseg.metrics import confusion_matrix, scores
 
@@ -56,15 +56,16 @@ class ReportCollector:
     """Gathers, image by image, what report.html shows beyond summary.json (bounded memory)."""
 
     def __init__(self, classes: Sequence[str], colors: Sequence[Sequence[int]], ignore_index: int = 255,
-                 worst: int = 12) -> None:
+                 worst: int = 12, background: int | None = 0) -> None:
         self.classes = list(classes)
+        self.background = background
         self.colors = np.zeros((256, 3), np.uint8)
         self.colors[: len(colors)] = np.asarray(colors, np.uint8).reshape(-1, 3)
         self.colors[ignore_index] = _IGNORED
         self.ignore_index = ignore_index
         self.worst = worst
         # The threshold decides class 1 against class 0 whatever their names, as prediction does.
-        self.threshold = ThresholdSearch() if len(self.classes) == 2 else None
+        self.threshold = ThresholdSearch(target=threshold_target(background)) if len(self.classes) == 2 else None
         self.sizes: list[tuple[int, float, float]] = []  # (class, share of the image, IoU in that image)
         self._heap: list[tuple[float, int, _Example]] = []  # the worst images: max-heap on mIoU via -miou
         self._seen = 0
@@ -102,9 +103,9 @@ class ReportCollector:
         errors = np.zeros((h, w, 3), np.uint8)
         errors[...] = (np.asarray(image, np.float32) * 0.35).astype(np.uint8)  # the photo, dimmed
         wrong = (pred != truth) & (truth != self.ignore_index)
-        if len(self.classes) == 2:
-            errors[wrong & (pred == 1)] = _FP
-            errors[wrong & (pred == 0)] = _FN
+        if len(self.classes) == 2 and self.background is not None:
+            errors[wrong & (pred != self.background)] = _FP
+            errors[wrong & (pred == self.background)] = _FN
         else:
             errors[wrong] = _WRONG
         errors[truth == self.ignore_index] = _IGNORED
@@ -319,10 +320,12 @@ def _href(target: Path, base: Path) -> str:
 
 def _gallery(collector: ReportCollector, base: Path) -> str:
     examples = collector.worst_examples()
-    two = len(collector.classes) == 2
-    legend = (f'<span style="color:rgb{_FP}">&#9632; false positive: predicted {html.escape(collector.classes[1])}, '
-              f'truly {html.escape(collector.classes[0])}</span><span style="color:rgb{_FN}">&#9632; false negative: '
-              f'predicted {html.escape(collector.classes[0])}, truly {html.escape(collector.classes[1])}</span>'
+    two = len(collector.classes) == 2 and collector.background is not None
+    bg = collector.background or 0
+    thing, ground = html.escape(collector.classes[1 - bg]), html.escape(collector.classes[bg])
+    legend = (f'<span style="color:rgb{_FP}">&#9632; false positive: predicted {thing}, '
+              f'truly {ground}</span><span style="color:rgb{_FN}">&#9632; false negative: '
+              f'predicted {ground}, truly {thing}</span>'
               if two else f'<span style="color:rgb{_WRONG}">&#9632; wrong class</span>')
     legend += f'<span style="color:rgb{_IGNORED}">&#9632; ignored</span>'
     out = [(f'<h2>The {len(examples)} worst images (lowest per-image mIoU)</h2><div class="gallery">'

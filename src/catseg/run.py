@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from catseg.classes import AUTO, background_id
 from catseg.config import RESIZE, TrainConfig
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes, atomic_write_json, check_replaceable, swap_in_place
@@ -68,6 +69,10 @@ class RunConfig:
     scores: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     dataset: str = ""
+    background: Any = AUTO  # the background class id or None (catseg.classes); AUTO: from the name of class 0
+
+    def __post_init__(self) -> None:
+        self.background = background_id(self.classes, self.background)
 
     @property
     def num_classes(self) -> int:
@@ -79,6 +84,7 @@ class RunConfig:
             "version": RUN_VERSION,
             "model": {"name": self.model, "kwargs": self.model_kwargs, "in_channels": self.in_channels},
             "classes": self.classes,
+            "background": self.background,
             "colors": self.colors,
             "ignore_index": self.ignore_index,
             "preprocess": self.preprocess.to_json(),
@@ -110,6 +116,7 @@ class RunConfig:
                 tta=dict(doc.get("tta") or {}),
                 train=dict(doc.get("train", {})), scores=dict(doc.get("scores", {})),
                 versions=dict(doc.get("versions", {})), dataset=doc.get("dataset", ""),
+                background=doc.get("background", AUTO),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CatsegError(f"{path}: not a catseg run description ({exc}). Train one with `catseg train`.") from exc

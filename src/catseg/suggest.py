@@ -150,7 +150,7 @@ def suggest(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path | No
     _check_ranking_file(ranking_file)
     predictor = Predictor.from_run(run_dir, device=device, tta=False if score == "mirror" else None)
     _output_paths(files, out, ["labelme"], predictor.classes)  # refuses photos whose JSONs would share a name
-    labels_txt = check_labels_file(out, predictor.classes, force) if top else None
+    labels_txt = check_labels_file(out, predictor.classes, force, predictor.background) if top else None
 
     ranking = _rank(predictor, files, score, batch_size, threshold)
     chosen = _choose(ranking, out, top, force)
@@ -166,7 +166,7 @@ def suggest(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path | No
             doc = labelme_document(s.path, s.annotation, mask, predictor.classes, labelme,
                                    description=f"suggested by catseg ({Path(run_dir).resolve().name}, "
                                                f"{score} {s.score:.3f}, rank {s.rank})",
-                                   ignore_index=predictor.config.ignore_index)
+                                   ignore_index=predictor.config.ignore_index, background=predictor.background)
             atomic_write_bytes(s.annotation, labelme_json_bytes(doc))
             report.written.append(s.annotation)
     atomic_write_bytes(ranking_file, _ranking_csv(ranking, predictor.classes))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from catseg import checkpoint
-from catseg.augment import AugmentedDataset, cache_side, seed_worker
+from catseg.augment import AugmentedDataset, cache_side, rare_class_ids, seed_worker
 from catseg.cache import (CachedSample, band_preprocess, cache_fits_in_memory, cache_samples,
                           with_train_statistics)
 from catseg.config import TrainConfig
@@ -149,7 +149,6 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
     state: dict[str, Any] | None = None
     if config.resume:
         config, state = checkpoint.load_resume(Path(config.out), config)
-        dist.check_resume(Path(config.out))
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
     config, plan_doc = dist.main_decides(lambda: _plan(config, info, train_stems))
@@ -180,7 +179,7 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
             train={**config.to_dict(), "out": str(replaces or run_dir), "precision_used": precision_name(dtype),
                    "device_used": str(device), "workers_used": workers, "threads_used": used_threads,
                    "plan": plan_doc, "distributed": dist.record(device, config.batch_size)},
-            versions=versions(), dataset=str(Path(config.dataset).resolve()))
+            versions=versions(), dataset=str(Path(config.dataset).resolve()), background=info.background)
         training = _set_up(config, info, RunFolder(run_dir, run_config), train_cache, val_cache,
                            Forward(model, device, dtype), workers)
         training.replaces, training.dist = replaces, dist
@@ -260,7 +259,8 @@ def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cac
     optimizer = torch.optim.AdamW(param_groups(forward.model, config), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if forward.dtype == torch.float16 else None
     ctx = StepContext(forward, pre, loss_fn, info.num_classes, info.ignore_index, scaler)
-    dataset = AugmentedDataset(train_cache, pre, config.augment, info.ignore_index, config.seed)
+    focus = rare_class_ids(train_cache, info.num_classes, info.background) if config.oversample else []
+    dataset = AugmentedDataset(train_cache, pre, config.augment, info.ignore_index, config.seed, focus, config.oversample)
     if len(dataset) < 2:
         # BatchNorm cannot normalise a batch of one image (pooling layers see one value per channel).
         raise CatsegError(f"{info.root}: {len(dataset)} training image after the validation split; "
@@ -343,7 +343,7 @@ def _validation_due(t: Training) -> bool:
 def _validate_and_keep_best(t: Training) -> bool:
     """Validate, add the metrics.csv row, keep the weights if they are the best so far; return whether."""
     val_start = time.perf_counter()
-    val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size, t.dist)
+    val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size, t.dist, t.info.background)
     t.val_seconds += time.perf_counter() - val_start
     w = t.window
     w.loss_sum, w.images = (float(v) for v in t.dist.sum([np.array(w.loss_sum), np.array(w.images)]))  # every rank's
@@ -395,7 +395,7 @@ def _finish(t: Training, started: float) -> FitResult:
     if not (t.folder.root / WEIGHTS).is_file():
         t.folder.save_best(model, t.best, t.history, t.epoch)
     load_weights(model, t.folder.root / WEIGHTS)
-    mirror, cleanup, tried = choose_finish(t.ctx, t.val_cache, t.best.threshold)
+    mirror, cleanup, tried = choose_finish(t.ctx, t.val_cache, t.best.threshold, t.info.background)
     t.best.postprocess_val_miou = tried
     log.info("on validation (mIoU): %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
     log.info("prediction will use: %s%s", "mirror test-time augmentation, " if mirror else "",

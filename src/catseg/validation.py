@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from catseg.cache import CachedSample, stack_batch
-from catseg.calibration import CalibrationAccumulator, ThresholdSearch
+from catseg.calibration import CalibrationAccumulator, ThresholdSearch, threshold_target
 from catseg.metrics import MetricAccumulator
 from catseg.postprocess import Postprocess, choose_postprocess
 from catseg.steps import StepContext
@@ -19,23 +19,23 @@ if TYPE_CHECKING:
 
 
 def validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int,
-             dist: Dist | None = None) -> dict[str, Any]:
+             dist: Dist | None = None, background: int | None = 0) -> dict[str, Any]:
     """Return the validation loss, mIoU, per-class IoU, ECE and (two classes) the best threshold of ctx.model.
     With `dist` (several processes), each rank scores its own block of `samples` and the counts are summed:
     every rank gets the scores of the whole set, each sample counted once."""
     if dist is not None and dist.enabled:
         dist.sync_buffers(ctx.model)  # every rank validates rank 0's model, the one rank 0 saves
         samples = dist.select(samples)
-    return _validate(ctx, samples, classes, batch_size, dist)
+    return _validate(ctx, samples, classes, batch_size, dist, background)
 
 
 @torch.inference_mode()
 def _validate(ctx: StepContext, samples: Sequence[CachedSample], classes: Sequence[str], batch_size: int,
-              dist: Dist | None) -> dict[str, Any]:
+              dist: Dist | None, background: int | None) -> dict[str, Any]:
     ctx.model.eval()
     metrics = MetricAccumulator(ctx.num_classes, list(classes), ctx.ignore_index)
     calibration = CalibrationAccumulator()
-    thresholds = ThresholdSearch() if ctx.num_classes == 2 else None
+    thresholds = ThresholdSearch(target=threshold_target(background)) if ctx.num_classes == 2 else None
     loss_sum, count = 0.0, 0
     for images, masks in validation_batches(samples, batch_size, ctx.pre.whole_image):
         y = masks.to(ctx.device)
@@ -74,8 +74,8 @@ def _sum_over_ranks(dist: Dist, metrics: MetricAccumulator, calibration: Calibra
 
 
 @torch.inference_mode()
-def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None
-                  ) -> tuple[bool, Postprocess, dict[str, float]]:
+def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None,
+                  background: int | None = 0) -> tuple[bool, Postprocess, dict[str, float]]:
     """Return (mirror TTA on?, mask clean-up, every candidate's mIoU), chosen on the validation photos at the
     working scale. Mirroring is kept when averaging with the flipped photo raises validation mIoU; the
     clean-up is then chosen on those predictions. Doing nothing wins ties."""
@@ -90,8 +90,10 @@ def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: 
             preds[flip] += list(labels.to(torch.uint8).cpu().numpy())
         truths += list(masks.numpy().astype(np.uint8))
     ctx.model.train()
-    plain_cleanup, plain_tried = choose_postprocess(preds[False], truths, ctx.num_classes, ctx.ignore_index)
-    flip_cleanup, flip_tried = choose_postprocess(preds[True], truths, ctx.num_classes, ctx.ignore_index)
+    plain_cleanup, plain_tried = choose_postprocess(preds[False], truths, ctx.num_classes, ctx.ignore_index,
+                                                    background=background)
+    flip_cleanup, flip_tried = choose_postprocess(preds[True], truths, ctx.num_classes, ctx.ignore_index,
+                                                  background=background)
     tried = {**plain_tried, **{f"mirror-tta+{k}" if k != "none" else "mirror-tta": v for k, v in flip_tried.items()}}
     if max(flip_tried.values()) > max(plain_tried.values()) + 1e-4:
         return True, flip_cleanup, tried

@@ -71,7 +71,7 @@ def test_data_stats_find_rare_and_thin_classes(tmp_path: Path) -> None:
     assert stats.rare_classes == ["pole", "person"] and stats.thin_width == pytest.approx(3 / 300)
 
 
-def _fake_pretrained(config: TrainConfig, size: int, num_classes: int, repeats: int = 3) -> float:
+def _fake_pretrained(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
     return 0.33 * (size / 160) ** 2
 
 
@@ -105,7 +105,7 @@ def test_thin_and_rare_classes_shape_the_pretrained_plan(info, monkeypatch: pyte
 
 
 def test_thin_classes_raise_the_unet_floor(info, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(planner, "seconds_per_step", lambda config, size, width, k, repeats=2: 1e-6 * size * size * width)
+    monkeypatch.setattr(planner, "seconds_per_step", lambda config, size, width, k, repeats=2, channels=3: 1e-6 * size * size * width)
     monkeypatch.setattr(planner, "data_stats", _street_stats)
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="2m"), info,
                                  info.stems(), {"model"})

@@ -12,7 +12,8 @@ from catseg.config import TrainConfig
 from catseg.data import read_dataset
 
 
-def _fake_speed(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 2) -> float:
+def _fake_speed(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 2,
+                channels: int = 3) -> float:
     return 1e-6 * size * size * width  # 256/w32 -> 2.1 s, 160/w16 -> 0.41 s, 96/w12 -> 0.11 s
 
 
@@ -44,7 +45,8 @@ def test_more_time_buys_a_bigger_model(info, monkeypatch: pytest.MonkeyPatch) ->
 def test_probing_stops_at_the_first_candidate_that_misses_the_target(info, monkeypatch: pytest.MonkeyPatch) -> None:
     probed = []
 
-    def speed(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 2) -> float:
+    def speed(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 2,
+              channels: int = 3) -> float:
         probed.append((size, width))
         return _fake_speed(config, size, width, num_classes)
 
@@ -123,7 +125,7 @@ def test_step_timing_is_the_median_after_warm_up(monkeypatch: pytest.MonkeyPatch
 
 
 # ----------------------------------------------------------------------------- the pretrained default
-def _fake_pretrained(config: TrainConfig, size: int, num_classes: int, repeats: int = 3) -> float:
+def _fake_pretrained(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
     return 0.33 * (size / 160) ** 2  # this machine's smp-unet/efficientnet-lite0 speed, bf16, batch 8
 
 

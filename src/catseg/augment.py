@@ -23,11 +23,14 @@ import torch  # noqa: E402
 
 from catseg.cache import CachedSample  # noqa: E402
 from catseg.classes import rare  # noqa: E402
-from catseg.preprocess import Preprocess  # noqa: E402
+from catseg.preprocess import Preprocess, model_input  # noqa: E402
 
 # The cache keeps images a little larger than the training size so that scale-crop augmentation
 # zooms into real detail instead of up-sampling an already shrunk image.
 _CACHE_SCALE = {"none": 1.0, "light": 1.25, "strong": 1.5}
+# OpenCV transforms take at most 128 channels; wider band images are augmented in slices of this many
+# bands, each with the same random draw, so every band moves the same way.
+_BAND_SLICE = 64
 # Side of the window cut around a rare pixel, as a share of the cached sample's sides: a zoom of at most
 # 1.7x, so rare small objects also grow a little.
 FOCUS_SIDE = (0.6, 1.0)
@@ -79,6 +82,8 @@ def build_augmentation(pre: Preprocess, augment: str, ignore_index: int, size: i
                    A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.06))], p=0.3),
                    A.ToGray(p=0.05)],
     }[augment]
+    if pre.bands:  # colour jitter, blur, noise and grey are RGB-photo ideas; bands get the flips only
+        photometric = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] if augment != "none" else []
     return A.Compose(geometry + photometric)
 
 
@@ -151,10 +156,26 @@ class AugmentedDataset(torch.utils.data.Dataset):
         image, mask = sample.image, sample.mask
         if self.oversample and self.rng.random() < self.oversample:
             image, mask = focus_crop(image, mask, self.focus, self.rng)
-        out = self.transform(image=image, mask=mask)
+        if image.shape[2] > _BAND_SLICE:
+            image, mask = self._augment_in_slices(image, mask)
+        else:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
         # np.require copies only when needed: a memory-mapped cache gives read-only arrays
-        image = np.require(out["image"], dtype=np.uint8, requirements=["C", "W"])
-        return torch.from_numpy(image), torch.from_numpy(out["mask"].astype(np.int64))
+        image = np.require(model_input(image), requirements=["C", "W"])
+        return torch.from_numpy(image), torch.from_numpy(mask.astype(np.int64))
+
+    def _augment_in_slices(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (image, mask) of a wide band image augmented _BAND_SLICE bands at a time with one draw."""
+        seed = int(self.transform.random_generator.integers(0, 2**31 - 1))  # follows set_epoch and seed_worker
+        parts, given = [], mask
+        for start in range(0, image.shape[2], _BAND_SLICE):
+            self.transform.set_random_seed(seed)
+            out = self.transform(image=np.ascontiguousarray(image[:, :, start:start + _BAND_SLICE]), mask=given)
+            parts.append(out["image"].reshape(out["image"].shape[0], out["image"].shape[1], -1))
+            mask = out["mask"] if start == 0 else mask
+        self.transform.set_random_seed(seed + 1)  # the next sample draws anew
+        return np.concatenate(parts, axis=2), mask
 
 
 

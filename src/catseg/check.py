@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from catseg.bands import BAND_EXTENSIONS, band_header, dataset_axis, is_band_file
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, image_files_by_stem, read_dataset
 from catseg.errors import CatsegError
@@ -54,6 +55,7 @@ class CheckReport:
     root: str
     classes: list[str] = field(default_factory=list)
     ignore_index: int = 255
+    channels: dict[str, Any] | None = None  # dataset.json's "channels" block for band images
     num_images: int = 0  # image files in images/
     num_masks: int = 0  # .png files in masks/
     num_pairs: int = 0  # stems with both an image and a mask
@@ -128,13 +130,14 @@ def check_dataset(root: str | Path) -> CheckReport:
         return report
     report = CheckReport(root=str(root), classes=list(info.classes), ignore_index=info.ignore_index,
                          class_pixels=[0] * info.num_classes, class_images=[0] * info.num_classes,
-                         background=info.background)
+                         background=info.background, channels=info.channels)
     if info.ignore_index < info.num_classes:
         report.errors.append(
             f"{root / 'dataset.json'}: ignore_index {info.ignore_index} is also the id of class "
             f"{info.classes[info.ignore_index]!r}; that class could never be learned. Use 255 as the ignore value.")
     images, masks = _list_files(info, report)
-    headers = {stem: _read_header(path, report) for stem, path in images.items()}
+    headers = {stem: _read_header(path, report, info.channels) for stem, path in images.items()}
+    _check_bands(info, images, headers, report)
     pairs = sorted(images.keys() & masks.keys())
     report.num_pairs = len(pairs)
     report.missing_masks = [_rel(info, images[s]) for s in sorted(images.keys() - masks.keys())]
@@ -158,6 +161,8 @@ class _Header:
     size: tuple[int, int]  # (width, height) as training sees it, EXIF orientation applied
     mode: str
     orientation: int
+    channels: int = 3  # band images (catseg.bands): their band count and dtype
+    dtype: str = "uint8"
 
 
 def _rel(info: DatasetInfo, path: Path) -> str:
@@ -177,7 +182,7 @@ def _list_files(info: DatasetInfo, report: CheckReport) -> tuple[dict[str, Path]
         for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
             if folder == info.masks_dir and path.suffix == ".png":
                 masks[path.stem] = path
-            elif folder == info.images_dir and path.suffix.lower() in IMAGE_EXTENSIONS:
+            elif folder == info.images_dir and path.suffix.lower() in IMAGE_EXTENSIONS + BAND_EXTENSIONS:
                 image_names.setdefault(path.stem, []).append(path.name)
             else:
                 skipped.append(_rel(info, path))
@@ -192,9 +197,18 @@ def _list_files(info: DatasetInfo, report: CheckReport) -> tuple[dict[str, Path]
     return images, masks
 
 
-def _read_header(path: Path, report: CheckReport) -> _Header | None:
+def _read_header(path: Path, report: CheckReport, channels: dict[str, Any] | None = None) -> _Header | None:
     """Return the image's oriented size, mode and EXIF orientation; the pixels are decoded too, so a truncated
-    download is reported here rather than during training (an image past the pixel limit is not decoded)."""
+    download is reported here rather than during training (an image past the pixel limit is not decoded).
+    A band image (catseg.bands) gives its size, band count and dtype from its header."""
+    if channels is not None or is_band_file(path):
+        try:
+            h = band_header(path, dataset_axis(path), int(channels["count"]) if channels else None)
+        except CatsegError as exc:
+            report.unreadable.append(path.relative_to(report.root).as_posix())
+            report.errors.append(str(exc))
+            return None
+        return _Header((h.width, h.height), f"{h.channels}-band {h.dtype}", 1, h.channels, h.dtype)
     try:
         with open_image(path) as image:
             width, height = image.size
@@ -211,6 +225,22 @@ def _read_header(path: Path, report: CheckReport) -> _Header | None:
         report.exif_rotated.append(path.relative_to(report.root).as_posix())
     return _Header((width, height), mode, orientation)
 
+
+
+def _check_bands(info: DatasetInfo, images: dict[str, Path], headers: dict[str, _Header | None],
+                 report: CheckReport) -> None:
+    """Add an error for each image whose band count or dtype differs from dataset.json's "channels"."""
+    block = info.channels
+    for stem, header in headers.items():
+        if header is None:
+            continue
+        if block is None and header.mode.endswith("-band " + header.dtype):
+            report.errors.append(f"{images[stem]}: is a band image but {info.root / 'dataset.json'} has no "
+                                 "\"channels\" block; make the dataset with `catseg import masks` or `catseg convert "
+                                 "--images`, which record the bands")
+        elif block is not None and (header.channels, header.dtype) != (int(block["count"]), block["dtype"]):
+            report.errors.append(f"{images[stem]}: has {header.channels} band(s) of {header.dtype} but dataset.json "
+                                 f"says {block['count']} of {block['dtype']}; every image needs the same bands")
 
 
 def _read_mask(path: Path, report: CheckReport) -> np.ndarray | None:
@@ -375,7 +405,12 @@ def _figure_lines(report: CheckReport) -> list[str]:
         lines.append(f"height    {report.height.min}-{report.height.max} px (median {report.height.median:g})")
     if report.modes:
         modes = ", ".join(f"{m} {n}" for m, n in sorted(report.modes.items(), key=lambda kv: (-kv[1], kv[0])))
-        lines.append(f"modes     {modes} (all read as RGB)")
+        lines.append(f"modes     {modes}" + ("" if report.channels else " (all read as RGB)"))
+    if report.channels:
+        block = report.channels
+        lines.append(f"bands     {block['count']} of {block['dtype']}; mean {_span(block['mean'])}, std "
+                     f"{_span(block['std'])} (of {block.get('statistics_of', 'the images')}; training re-measures "
+                     "them on its training split)")
     total = report.labelled_pixels + report.ignore_pixels
     if total:
         lines.append(f"pixels    {total} in usable masks, {report.ignore_pixels / total:.2%} ignore "
@@ -389,6 +424,10 @@ def _figure_lines(report: CheckReport) -> list[str]:
                      f"background none: class 0 {report.classes[0]!r} is a class like the others (if it is "
                      "background, add \"background\": 0 to dataset.json)")
     return lines
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.4g}" if min(values) == max(values) else f"{min(values):.4g}-{max(values):.4g}"
 
 
 def _class_table(report: CheckReport) -> list[str]:

@@ -36,6 +36,13 @@ def _add_convert(sub: Any) -> None:
                         "default: every label found, sorted")
     p.add_argument("--skip-invalid", action="store_true", help="convert the valid files and list the skipped ones")
     p.add_argument("--viz", action="store_true", help="also write overlay images to OUT_DIR/viz/ for checking by eye")
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder of band images (.npy, .tif) the JSONs were drawn on previews of, paired by stem; "
+                        "images/ gets these instead of the previews (see `catseg preview`)")
+    p.add_argument("--channel-axis", choices=["first", "last"], default=None,
+                   help="with --images: where the bands are when the shape cannot tell")
+    p.add_argument("--band-names", default=None, help="with --images: band names for dataset.json, comma-separated "
+                                                      "or a text file with one per line")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(handler=_run_convert)
 
@@ -44,9 +51,16 @@ def _run_convert(args: argparse.Namespace) -> int:
     from catseg.labelme import convert_labelme
 
     report = convert_labelme(args.labelme_dir, args.out_dir, labels_file=args.labels, force=args.force,
-                             skip_invalid=args.skip_invalid, viz=args.viz)
+                             skip_invalid=args.skip_invalid, viz=args.viz, images=args.images,
+                             channel_axis=args.channel_axis, band_names=_band_names(args.band_names))
     print(report.summary())
     return 0
+
+
+def _band_names(text: str | None) -> list[str] | None:
+    from catseg.bands import read_band_names
+
+    return read_band_names(text)
 
 
 # ----------------------------------------------------------------------------- import
@@ -68,6 +82,11 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--split", action="append", default=[], metavar="NAME=IMAGES_DIR,MASKS_DIR",
                    help="masks: a named split from its own folders (relative to SRC); repeat it, e.g. "
                         "--split train=train,trainannot --split val=val,valannot")
+    p.add_argument("--channel-axis", choices=["first", "last"], default=None,
+                   help="masks: where the bands are in 3-D band images (.npy, .tif) when their shape cannot tell: "
+                        "first (bands, height, width) or last (height, width, bands)")
+    p.add_argument("--band-names", default=None,
+                   help="masks: band names for dataset.json, comma-separated or a text file with one per line")
     p.add_argument("--download", action="store_true",
                    help="oxford-pets: download the official release into SRC first (checksums verified, resumable)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
@@ -79,7 +98,8 @@ def _run_import(args: argparse.Namespace) -> int:
 
     report = import_dataset(args.format, args.src, args.out_dir, labels=args.labels, images=args.images,
                             masks=args.masks, colors=args.colors, classes=args.classes,
-                            download=args.download, force=args.force, ignore_id=args.ignore_id, splits=args.split)
+                            download=args.download, force=args.force, ignore_id=args.ignore_id, splits=args.split,
+                            channel_axis=args.channel_axis, band_names=_band_names(args.band_names))
     print(report.summary())
     return 0
 
@@ -393,6 +413,31 @@ def _run_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- preview
+def _add_preview(sub: Any) -> None:
+    p = sub.add_parser("preview", help="false-colour PNGs of band images (.npy, .tif) to annotate in labelme",
+                       description="Write OUT/<stem>.png showing three bands of each band image as red, green and "
+                                   "blue. Annotate the PNGs in labelme, then `catseg convert OUT DATASET --images "
+                                   "CUBES` pairs each JSON with its cube.")
+    p.add_argument("inputs", nargs="+", help="band images or folders of them")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    p.add_argument("--bands", default=None, metavar="R,G,B",
+                   help="band indices shown as red, green, blue (from 0; one index = grey); default: long, middle "
+                        "and short wavelengths, at 85%%, 50%% and 15%% of the band range")
+    p.add_argument("--channel-axis", choices=["first", "last"], default=None,
+                   help="where the bands are in 3-D arrays when the shape cannot tell")
+    p.add_argument("--force", action="store_true", help="overwrite PNGs already in --out")
+    p.set_defaults(handler=_run_preview)
+
+
+def _run_preview(args: argparse.Namespace) -> int:
+    from catseg.preview import parse_bands, write_previews
+
+    written = write_previews(args.inputs, args.out, parse_bands(args.bands), args.channel_axis, args.force)
+    print(f"wrote {len(written)} preview(s) to {args.out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="the whole job on generated data: labelme JSON -> train -> evaluate -> predict",
@@ -414,8 +459,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- main
-_ADDERS = (_add_demo, _add_convert, _add_import, _add_check, _add_train, _add_evaluate, _add_merge_eval, _add_predict,
-           _add_suggest, _add_export, _add_app, _add_models)
+_ADDERS = (_add_demo, _add_convert, _add_preview, _add_import, _add_check, _add_train, _add_evaluate, _add_merge_eval,
+           _add_predict, _add_suggest, _add_export, _add_app, _add_models)
 
 
 def build_parser() -> argparse.ArgumentParser:

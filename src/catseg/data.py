@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from catseg.bands import BAND_EXTENSIONS, check_channels_block
 from catseg.classes import AUTO, background_id, declared_problem
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
@@ -46,6 +47,7 @@ class DatasetInfo:
     ignore_index: int = IGNORE_INDEX
     source: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, list[str]] = field(default_factory=dict)
+    channels: dict[str, Any] | None = None  # band images (catseg.bands): count, names, dtype, mean, std; None = photos
     declared_background: Any = AUTO  # dataset.json's `background` (an id or None); AUTO when it says nothing
     # {stem: image path}, listed once per DatasetInfo (a command): listing images/ for every lookup read
     # millions of folder entries on a 7,000-photo dataset before training started.
@@ -91,7 +93,7 @@ class DatasetInfo:
         return sorted(set(images) & masks)
 
     def to_json(self) -> dict[str, Any]:
-        doc = dataset_json(self.classes, self.colors, self.source, self.splits, self.ignore_index)
+        doc = dataset_json(self.classes, self.colors, self.source, self.splits, self.ignore_index, self.channels)
         if self.declared_background != AUTO:
             doc["background"] = self.declared_background
         return doc
@@ -103,11 +105,13 @@ def dataset_json(
     source: dict[str, Any] | None = None,
     splits: dict[str, list[str]] | None = None,
     ignore_index: int = IGNORE_INDEX,
+    channels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return the dataset.json document for these classes (VOC colours unless given)."""
+    """Return the dataset.json document for these classes (VOC colours unless given); a "channels" block
+    only for band images, so a photo dataset's file is as it always was."""
     if colors is None:
         colors = voc_colormap(len(classes)).tolist()
-    return {
+    doc = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
         "classes": list(classes),
@@ -116,6 +120,9 @@ def dataset_json(
         "source": dict(source or {}),
         "splits": {k: list(v) for k, v in (splits or {}).items()},
     }
+    if channels is not None:
+        doc["channels"] = dict(channels)
+    return doc
 
 
 def provenance(command: str, source_path: str | Path, **extra: Any) -> dict[str, Any]:
@@ -158,6 +165,7 @@ def read_dataset(root: str | Path) -> DatasetInfo:
         ignore_index=int(doc.get("ignore_index", IGNORE_INDEX)),
         source=dict(doc.get("source", {})),
         splits={k: list(v) for k, v in doc.get("splits", {}).items()},
+        channels=dict(doc["channels"]) if "channels" in doc else None,
         declared_background=doc.get("background", AUTO),
     )
 
@@ -196,6 +204,8 @@ def _validate_dataset_json(doc: Any) -> list[str]:
         isinstance(v, list) and all(isinstance(s, str) for s in v) for v in splits.values()
     ):
         problems.append("splits must map split names to lists of image stems")
+    if "channels" in doc:
+        problems += check_channels_block(doc["channels"])
     return problems
 
 
@@ -207,7 +217,8 @@ def image_files_by_stem(folder: Path) -> dict[str, Path]:
     with os.scandir(folder) as entries:  # one listing; scandir knows the entry types without a stat each
         for entry in sorted(entries, key=lambda e: e.name):
             path = Path(entry.path)
-            if not entry.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+            if (not entry.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS + BAND_EXTENSIONS
+                    and entry.is_file()):
                 found[path.stem] = path
     return found
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from catseg.bands import dataset_axis, read_bands
 from catseg.calibration import CalibrationAccumulator
 from catseg.data import DatasetInfo, read_dataset
 from catseg.errors import CatsegError
@@ -26,6 +27,11 @@ from catseg.run import read_run_config, read_splits
 from catseg.shards import Shard
 
 log = logging.getLogger(__name__)
+
+
+def _read(path: Path, channels: dict[str, Any] | None) -> Any:
+    """Return a photo as (H, W, 3) uint8, or a band image (dataset.json has channels) as (H, W, C)."""
+    return read_image(path) if channels is None else read_bands(path, dataset_axis(path), int(channels["count"]))
 
 
 def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[str, list[str]]:
@@ -138,7 +144,7 @@ def _score(info: DatasetInfo, dataset_dir: Path, predictor: Predictor, stems: Se
     calibration = CalibrationAccumulator()
     found = ObjectRecall(info.classes, predictor.config.background)
     for i, stem in enumerate(stems):
-        image, mask = read_image(info.image_path(stem)), read_mask(info.mask_path(stem))
+        image, mask = _read(info.image_path(stem), info.channels), read_mask(info.mask_path(stem))
         if image.shape[:2] != mask.shape:
             raise CatsegError(f"{info.image_path(stem)}: image is {image.shape[1]}x{image.shape[0]} but its mask "
                               f"{info.mask_path(stem)} is {mask.shape[1]}x{mask.shape[0]}. Run `catseg check "

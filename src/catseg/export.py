@@ -289,9 +289,10 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, outputs: str
         raise CatsegError(f"--out {path}: give a file name ending in .onnx")
     if path.exists() and not force:
         raise CatsegError(f"{path}: already exists. Choose another --out or pass --force to replace it.")
-    if config.in_channels != 3:
+    if config.in_channels != 3 or config.preprocess.bands:
         raise CatsegError(f"{run_dir}: the model takes {config.in_channels} input channels; the exported graph "
-                          "takes RGB photos, so only 3-channel runs can be exported")
+                          "takes 8-bit RGB photos, so only photo runs can be exported (band images: use "
+                          "`catseg predict RUN`)")
     flip = bool(config.tta.get("flip", False)) if tta is None else bool(tta)
     photos = check_photos(run_dir, config, check, sizes=check_sizes)
     model = create_model(config.model, in_channels=config.in_channels, num_classes=config.num_classes,

@@ -22,6 +22,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from catseg.bands import (
+    cube_npy_bytes,
+    dataset_channels,
+    false_colour,
+    pair_cubes,
+    read_bands,
+    same_bands,
+)
 from catseg.data import DatasetWriter, dataset_json, iter_files, provenance
 from catseg.errors import CatsegError
 from catseg.images import (
@@ -303,6 +311,30 @@ def _write_source(writer: DatasetWriter, source: _Source, label_to_id: dict[str,
             writer.write_file(f"viz/{source.stem}.jpg", buf.getvalue())
 
 
+def _write_cube(writer: DatasetWriter, source: _Source, label_to_id: dict[str, int], viz: bool, cube_path: Path,
+                axis: str | None, first: Path | None) -> Path:
+    """Write the band image paired with a labelme file (drawn on its preview) as images/<stem>.npy, and its mask."""
+    cube = read_bands(cube_path, axis, hw=source.size, hw_from=str(source.path))
+    same_bands(cube, cube_path, first)
+    mask = shapes_to_mask(source.doc["shapes"], *source.size, label_to_id)
+    stored = writer.write_image(source.stem, cube_npy_bytes(cube), ".npy")
+    writer.write_file(f"masks/{source.stem}.png", mask_png_bytes(mask))
+    if viz:
+        buf = io.BytesIO()
+        Image.fromarray(_overlay(false_colour(cube), mask)).save(buf, format="JPEG", quality=90)
+        writer.write_file(f"viz/{source.stem}.jpg", buf.getvalue())
+    return stored
+
+
+def _pair_cubes(sources: list[_Source], images: Path, axis: str | None) -> dict[str, Path]:
+    """Return {stem: band image} for the valid sources; a missing cube or one of another size is their problem."""
+    checked = [s for s in sources if s.problem is None]
+    found, problems = pair_cubes(images, [(s.stem, s.path, s.size) for s in checked], axis)
+    for source in checked:
+        source.problem = problems.get(source.stem, source.problem)
+    return found
+
+
 def _loader_size(stored: bytes) -> tuple[int, int]:
     """Return (height, width) catseg's loader will see for stored image bytes, without decoding pixels."""
     with Image.open(io.BytesIO(stored)) as image:
@@ -310,8 +342,11 @@ def _loader_size(stored: bytes) -> tuple[int, int]:
         return height, width
 
 
-def _command(src_dir: Path, out_dir: Path, labels_file: Path | None, skip_invalid: bool, viz: bool) -> str:
+def _command(src_dir: Path, out_dir: Path, labels_file: Path | None, skip_invalid: bool, viz: bool,
+             images: Path | None = None, axis: str | None = None) -> str:
     parts = ["catseg convert", str(src_dir), str(out_dir)]
+    parts += [f"--images {images}"] if images is not None else []
+    parts += [f"--channel-axis {axis}"] if axis is not None else []
     parts += [f"--labels {labels_file}"] if labels_file is not None else []
     parts += ["--skip-invalid"] if skip_invalid else []
     parts += ["--viz"] if viz else []
@@ -326,12 +361,17 @@ def convert_labelme(
     force: bool = False,
     skip_invalid: bool = False,
     viz: bool = False,
+    images: Path | None = None,
+    channel_axis: str | None = None,
+    band_names: list[str] | None = None,
 ) -> ConvertReport:
     """Return the report of turning a folder of labelme JSON files (recursive) into a dataset folder.
 
     Every file is checked before anything is written; invalid files are all reported in one
     CatsegError, or with skip_invalid converted around and listed in the report. OUT_DIR must not
     exist unless force; it appears complete or not at all. The source folder is only read.
+    With `images`, each JSON was drawn on a preview of the band image of its stem in that folder
+    (catseg.bands), which images/ gets instead of the preview; `channel_axis` as for `catseg import`.
     """
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     if not src_dir.is_dir():
@@ -350,18 +390,26 @@ def convert_labelme(
                 _check_source(source, label_to_id)
             except Invalid as exc:
                 source.problem = str(exc)
+    cubes = _pair_cubes(sources, Path(images), channel_axis) if images is not None else {}
     valid = [s for s in sources if s.problem is None]
     skipped = [(s.path, s.problem) for s in sources if s.problem is not None]
     _raise_if_invalid(src_dir, len(sources), skipped, skip_invalid and bool(valid))
     report = ConvertReport(out_dir, classes, [s.stem for s in valid], skipped, label_to_id,
                            out_dir / "viz" if viz else None)
     with writer:
+        stored: list[Path] = []
         for source in valid:
-            _write_source(writer, source, label_to_id, viz)
-        source_info = provenance(_command(src_dir, out_dir, labels_file, skip_invalid, viz), src_dir,
+            if images is None:
+                _write_source(writer, source, label_to_id, viz)
+            else:
+                stored.append(_write_cube(writer, source, label_to_id, viz, cubes[source.stem], channel_axis,
+                                          stored[0] if stored else None))
+        source_info = provenance(_command(src_dir, out_dir, labels_file, skip_invalid, viz, images, channel_axis),
+                                 src_dir,
                                  labels_file=str(Path(labels_file).resolve()) if labels_file else None,
                                  files=len(valid), skipped=[str(p) for p, _ in skipped])
-        writer.write_dataset_json(dataset_json(classes, source=source_info))
+        writer.write_dataset_json(dataset_json(classes, source=source_info,
+                                               channels=dataset_channels(stored, names=band_names) if stored else None))
     log.info("converted %d labelme file(s) into %s", len(valid), out_dir)
     return report
 

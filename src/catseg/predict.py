@@ -18,6 +18,7 @@ from PIL import Image
 
 from catseg.annotate import (LABELS_FILE, LabelmeOptions, annotation_path, check_labels_file, labelme_document,
                               labelme_json_bytes, split_annotated)
+from catseg.bands import BAND_EXTENSIONS, band_header, false_colour, read_bands
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes
 from catseg.hardware import Forward, precision_name, resolve_device, resolve_precision
@@ -88,6 +89,10 @@ class Predictor:
         its own size: the photo is resized by the run's size policy, and the logits (not the mask) are
         resized back, so edges stay smooth. With test-time augmentation the probabilities of every
         flip and scale are averaged."""
+        wrong = [im.shape for im in images if im.ndim != 3 or im.shape[2] != self.pre.channels]
+        if wrong:
+            raise CatsegError(f"an image of shape {wrong[0]}: this model takes {self.pre.channels} channel(s) "
+                              f"({'bands' if self.pre.bands else 'RGB'}); give images like the ones it was trained on")
         flips = (False, True) if self.tta else (False,)
         sums: list[torch.Tensor | None] = [None] * len(images)
         for scale in self.tta_scales:
@@ -122,16 +127,16 @@ class Predictor:
         return self.labels_from_proba(self.predict_proba(image), threshold)
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+def expand_inputs(inputs: Iterable[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Return the image files named by files, folders (their images, not recursive) or glob patterns."""
     files: list[Path] = []
     problems = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
             if not found:
-                problems.append(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                problems.append(f"{path}: folder holds no images ({', '.join(extensions)})")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -147,10 +152,17 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return files
 
 
-def _check_readable(files: Sequence[Path]) -> None:
-    """Raise one CatsegError naming every input that is not an image (headers only: cheap)."""
+def _check_readable(files: Sequence[Path], channels: int | None = None) -> None:
+    """Raise one CatsegError naming every input that is not an image (headers only: cheap); with `channels`,
+    every input must be a band image with that many bands."""
     problems = []
     for f in files:
+        if channels is not None:
+            try:
+                band_header(f, channels=channels)
+            except CatsegError as exc:
+                problems.append(str(exc))
+            continue
         try:
             open_image(f, decode=False).close()  # header only; the pixel limit applies
         except CatsegError as exc:
@@ -282,13 +294,18 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
         raise CatsegError(f"--format {','.join(formats)}: choose from {', '.join(FORMATS)}")
     if batch_size < 1:
         raise CatsegError(f"--batch-size {batch_size}: must be at least 1")
-    files = expand_inputs(inputs)
+    pre = read_run_config(run_dir).preprocess if Path(run_dir).suffix.lower() != ".onnx" else None
+    bands = pre if pre is not None and pre.bands else None
+    if bands is not None and (backend == "onnx" or "labelme" in formats):
+        raise CatsegError(f"{run_dir}: a model of {bands.channels} bands predicts with --backend torch and the "
+                          "formats mask, overlay, prob and npy")
+    files = expand_inputs(inputs, IMAGE_EXTENSIONS + BAND_EXTENSIONS if bands else IMAGE_EXTENSIONS)
     every = files
     if shard is not None:
         every = sorted(dict.fromkeys(files), key=str)
         files = shard.select(every)
         log.info("shard %s: %d of %d photos", shard, len(files), len(every))
-    _check_readable(files)
+    _check_readable(files, bands.channels if bands else None)
     out_dir = Path(out_dir)
     predictor = open_predictor(run_dir, backend, device=device, tta=tta, tta_scales=tta_scales)
     if isinstance(predictor, Predictor):
@@ -322,8 +339,10 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
         written.append(out_dir / LABELS_FILE)
     unreadable: list[str] = []
     for start in range(0, len(files), batch_size):
-        chunk, images = _decode_chunk(files[start:start + batch_size], unreadable)
+        chunk, images = _decode_chunk(files[start:start + batch_size], unreadable, bands.channels if bands else None)
         for f, image, (probs, mask) in zip(chunk, images, _predict_chunk(predictor, images, threshold)):
+            if bands is not None and "overlay" in formats:  # overlays are drawn on the false-colour preview
+                image = false_colour(image, bands.preview)
             for fmt, paths in plan[f].items():
                 encoded = ([_labelme_bytes(f, paths[0], mask, predictor.classes, labelme, run_dir, predictor.background)]
                            if fmt == "labelme" else _encode(fmt, image, probs, mask, colors, predictor.background))
@@ -337,13 +356,15 @@ def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Pat
     return written
 
 
-def _decode_chunk(chunk: Sequence[Path], unreadable: list[str]) -> tuple[list[Path], list[np.ndarray]]:
-    """Return the photos of `chunk` that decode and their pixels; a damaged file (a truncated download whose
-    header still reads) is added to `unreadable` instead of stopping the photos after it."""
+def _decode_chunk(chunk: Sequence[Path], unreadable: list[str], channels: int | None = None
+                  ) -> tuple[list[Path], list[np.ndarray]]:
+    """Return the photos of `chunk` that decode and their pixels (band images of `channels` bands when given);
+    a damaged file (a truncated download whose header still reads) is added to `unreadable` instead of
+    stopping the photos after it."""
     kept, images = [], []
     for f in chunk:
         try:
-            images.append(read_image(f))
+            images.append(read_image(f) if channels is None else read_bands(f, channels=channels))
             kept.append(f)
         except CatsegError as exc:
             unreadable.append(str(exc))

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from catseg.bands import resize_bands
 from catseg.config import RESIZE
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # normalised (B, C, h, w) -> logits (B, K, h, w)
@@ -38,6 +39,12 @@ class Preprocess:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # per channel, of pixel / 255
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     overlap: float = field(default=0.5, repr=False)  # scale: share of a window its neighbour overlaps
+    # Band images (catseg.bands): pixels are divided by pixel_scale (255 for photos, 1 for bands, whose
+    # mean and std are in the file's own units), and `preview` names the bands an overlay shows as RGB.
+    pixel_scale: float = 255.0
+    dtype: str = "uint8"  # of the images the run was trained on
+    band_names: tuple[str, ...] = ()
+    preview: tuple[int, ...] = ()  # empty for photos
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE:
@@ -47,10 +54,17 @@ class Preprocess:
         object.__setattr__(self, "patch", int(self.patch or self.size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "band_names", tuple(str(v) for v in self.band_names))
+        object.__setattr__(self, "preview", tuple(int(v) for v in self.preview))
 
     @property
     def channels(self) -> int:
         return len(self.mean)
+
+    @property
+    def bands(self) -> bool:
+        """True for a run on band images (catseg.bands) rather than 8-bit RGB photos."""
+        return bool(self.preview)
 
     @property
     def whole_image(self) -> bool:
@@ -58,14 +72,21 @@ class Preprocess:
         return self.resize == "stretch"
 
     def to_json(self) -> dict[str, Any]:
-        return {"mean": list(self.mean), "std": list(self.std), "size": self.size, "resize": self.resize,
-                "patch": self.patch}
+        doc: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std), "size": self.size,
+                               "resize": self.resize, "patch": self.patch}
+        if self.bands:  # photo runs keep the config.json they always had
+            doc["input"] = {"dtype": self.dtype, "pixel_scale": self.pixel_scale, "band_names": list(self.band_names),
+                            "preview": list(self.preview)}
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Preprocess:
         """Return the Preprocess of a config.json "preprocess" entry (runs written since catseg 0.1)."""
+        bands = doc.get("input", {})
         return cls(size=int(doc["size"]), resize=str(doc.get("resize", "stretch")),
-                   patch=int(doc.get("patch") or doc["size"]), mean=tuple(doc["mean"]), std=tuple(doc["std"]))
+                   patch=int(doc.get("patch") or doc["size"]), mean=tuple(doc["mean"]), std=tuple(doc["std"]),
+                   pixel_scale=float(bands.get("pixel_scale", 255.0)), dtype=str(bands.get("dtype", "uint8")),
+                   band_names=tuple(bands.get("band_names", ())), preview=tuple(bands.get("preview", ())))
 
     def working_size(self, height: int, width: int, size: int | None = None) -> tuple[int, int]:
         """Return the (height, width) a photo is resized to before the model sees it (at `size`, default
@@ -77,8 +98,11 @@ class Preprocess:
         return resize_image(image, *self.working_size(image.shape[0], image.shape[1], size))
 
     def normalise(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Return (B, C, H, W) normalised floats from (B, H, W, C) uint8, on the images' device."""
-        x = images.permute(0, 3, 1, 2).to(dtype=torch.float32).div_(255.0)
+        """Return (B, C, H, W) normalised floats from (B, H, W, C) uint8 photos (or float bands), on the images'
+        device."""
+        x = images.permute(0, 3, 1, 2).to(dtype=torch.float32)
+        if self.pixel_scale != 1.0:
+            x = x.div_(self.pixel_scale)
         m = torch.tensor(self.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(self.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
         return ((x - m) / s).to(dtype)
@@ -96,8 +120,8 @@ class Preprocess:
         """Return working-scale logits (K, h, w) for each (H, W, C) uint8 photo of any size."""
         resized = [self.resize_photo(photo, size) for photo in photos]
         if self.whole_image:  # every photo is the same square: one batch
-            return list(self.logits(forward, torch.from_numpy(np.stack(resized)).to(device)))
-        return [self.logits(forward, torch.from_numpy(r[None]).to(device))[0] for r in resized]
+            return list(self.logits(forward, torch.from_numpy(model_input(np.stack(resized))).to(device)))
+        return [self.logits(forward, torch.from_numpy(model_input(r[None])).to(device))[0] for r in resized]
 
     def windows(self, height: int, width: int) -> int:
         """Return how many forward passes cover a working-size image (1 under stretch)."""
@@ -116,8 +140,16 @@ def working_size(height: int, width: int, size: int, policy: str) -> tuple[int, 
     raise ValueError(f"unknown size policy {policy!r}; choose one of {', '.join(RESIZE)}")
 
 
+def model_input(images: np.ndarray) -> np.ndarray:
+    """Return images as the loader hands them to torch: uint8 photos as they are, band images as float32
+    (after cropping or resizing, so only model-sized arrays are ever expanded)."""
+    return images if images.dtype == np.uint8 else np.asarray(images, dtype=np.float32)
+
+
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Return a (height, width, C) uint8 resize: area averaging when shrinking, bilinear when growing."""
+    if image.dtype != np.uint8 or image.shape[2] > 4:  # band images: a few bands at a time, in their dtype
+        return resize_bands(image, height, width)
     if image.shape[:2] == (height, width):
         return image
     shrink = height * width < image.shape[0] * image.shape[1]

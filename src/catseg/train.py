@@ -22,7 +22,8 @@ import torch
 
 from catseg import checkpoint
 from catseg.augment import AugmentedDataset, cache_side, rare_class_ids, seed_worker
-from catseg.cache import CachedSample, cache_fits_in_memory, cache_samples
+from catseg.cache import (CachedSample, band_preprocess, cache_fits_in_memory, cache_samples,
+                          with_train_statistics)
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, choose_split, read_dataset
 from catseg.distributed import Dist, session
@@ -160,7 +161,9 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
     kwargs = model_kwargs(config.model, config)
     norm = preprocessing_for(config.model, kwargs)
     pre = Preprocess(config.size, config.resize, config.patch, tuple(norm["mean"]), tuple(norm["std"]))
-    model = _new_model(config, info, kwargs, device)  # an unknown model or encoder fails here, before decoding
+    pre = band_preprocess(pre, info)  # band images: per-band statistics instead of the model's RGB ones
+    # an unknown model or encoder fails here, before decoding
+    model = _new_model(config, info, kwargs, device, pre.channels)
     # nothing of an old run is touched before this point; rank 0 decides, the others learn its answer
     run_dir, replaces = dist.main_decides(lambda: prepare_run_dir(config))
     if state is not None:
@@ -169,8 +172,9 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
                else contextlib.nullcontext(torch.get_num_threads()))
     with threads as used_threads, _decoded(info, config, pre, train_stems, val_stems, dist.local_world) as (
             train_cache, val_cache):
+        pre = with_train_statistics(pre, train_cache)
         run_config = RunConfig(
-            model=config.model, model_kwargs=kwargs, in_channels=3, classes=info.classes,
+            model=config.model, model_kwargs=kwargs, in_channels=pre.channels, classes=info.classes,
             colors=[list(c) for c in info.colors], ignore_index=info.ignore_index, preprocess=pre,
             train={**config.to_dict(), "out": str(replaces or run_dir), "precision_used": precision_name(dtype),
                    "device_used": str(device), "workers_used": workers, "threads_used": used_threads,
@@ -239,9 +243,10 @@ def _decoded(info: DatasetInfo, config: TrainConfig, pre: Preprocess, train_stem
             shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-def _new_model(config: TrainConfig, info: DatasetInfo, kwargs: dict[str, Any], device: torch.device) -> torch.nn.Module:
+def _new_model(config: TrainConfig, info: DatasetInfo, kwargs: dict[str, Any], device: torch.device,
+               in_channels: int = 3) -> torch.nn.Module:
     torch.manual_seed(config.seed)
-    model = create_model(config.model, in_channels=3, num_classes=info.num_classes, **kwargs)
+    model = create_model(config.model, in_channels=in_channels, num_classes=info.num_classes, **kwargs)
     return model.to(device, memory_format=torch.channels_last)
 
 

@@ -39,6 +39,8 @@ def import_dataset(
     force: bool = False,
     ignore_id: int | None = None,
     splits: Sequence[str] = (),
+    channel_axis: str | None = None,
+    band_names: Sequence[str] | None = None,
 ) -> ImportReport:
     """Return the report of importing SRC, laid out as FMT, into the new dataset folder OUT_DIR.
 
@@ -66,14 +68,15 @@ def import_dataset(
     else:
         folders = dict(_parse_split(s) for s in splits) or {"": (images, masks)}
         plan = plan_masks(src, {name: (src / i, src / m) for name, (i, m) in folders.items()}, colors, names,
-                          ignore_id)
+                          ignore_id, channel_axis)
     plan.notes[:0] = notes
     extra: dict[str, Any] = {"format": fmt}
     if fmt == "oxford-pets":
         extra["labels"] = labels
     command = _command(fmt, src, out_dir, labels=labels, images=images, masks=masks, colors=colors, classes=classes,
-                       ignore_id=ignore_id, split=list(splits) or None)
-    return write_plan(plan, fmt, src, out_dir, force, provenance(command, src, **extra), inputs=[colors])
+                       ignore_id=ignore_id, split=list(splits) or None, channel_axis=channel_axis)
+    return write_plan(plan, fmt, src, out_dir, force, provenance(command, src, **extra), inputs=[colors],
+                      channel_axis=channel_axis, band_names=band_names)
 
 
 def _option_problems(fmt: str, labels: str, images: str, masks: str, colors: Path | None, classes: str | None,
@@ -128,7 +131,7 @@ def _check_out_dir(src: Path, out_dir: Path, force: bool) -> None:
 
 def _command(fmt: str, src: Path, out_dir: Path, **options: Any) -> str:
     defaults = {"labels": "binary", "images": "images", "masks": "masks", "colors": None, "classes": None,
-                "ignore_id": None, "split": None}
+                "ignore_id": None, "split": None, "channel_axis": None}
     flags = [f"--{k.replace('_', '-')} {w}" for k, v in options.items() if v != defaults[k]
              for w in (v if isinstance(v, list) else [v])]
     return " ".join(["catseg import", fmt, str(src), str(out_dir), *flags])

@@ -12,6 +12,15 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from catseg.bands import (
+    BAND_EXTENSIONS,
+    band_header,
+    cube_npy_bytes,
+    dataset_channels,
+    is_band_file,
+    read_bands,
+    same_bands,
+)
 from catseg.data import IGNORE_INDEX, DatasetWriter, dataset_json
 from catseg.errors import CatsegError
 from catseg.images import (
@@ -82,15 +91,24 @@ class _Photo(NamedTuple):
 
 
 def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, source: dict[str, Any],
-               inputs: Sequence[Path | None] = ()) -> ImportReport:
+               inputs: Sequence[Path | None] = (), channel_axis: str | None = None,
+               band_names: Sequence[str] | None = None) -> ImportReport:
     """Return the report of writing a checked plan into the new dataset folder OUT_DIR (nothing stays if it fails).
-    `inputs` are files the command reads besides SRC (--colors), which --force must not delete."""
+    `inputs` are files the command reads besides SRC (--colors), which --force must not delete. When any
+    photo is a band image (catseg.bands), every one is stored as images/<stem>.npy and dataset.json gets
+    a "channels" block; `channel_axis` says where the bands are when the shape cannot, `band_names` names them."""
     warnings, problems, written, renamed, rotated = list(plan.warnings), [], [], [], []
+    cubes: list[Path] = []
+    band_mode = any(is_band_file(photo) for _, photo, _ in plan.pairs)
     with DatasetWriter(out_dir, force=force, inputs=inputs) as writer:
         for done, (stem, photo_path, annotation) in enumerate(plan.pairs, 1):
             try:
-                photo = _stored_photo(photo_path)
-                ids = plan.to_ids(annotation)
+                if band_mode:
+                    ids = plan.to_ids(annotation)
+                    photo = _stored_cube(photo_path, annotation, ids.shape, channel_axis, cubes)
+                else:
+                    photo = _stored_photo(photo_path)
+                    ids = plan.to_ids(annotation)
                 if ids.shape != (photo.size[1], photo.size[0]):
                     raise CatsegError(_size_problem(photo_path, annotation, photo.size, photo.raw_size, ids.shape))
             except CatsegError as exc:
@@ -101,7 +119,8 @@ def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, sour
                 continue
             if problems:  # the import fails anyway; keep checking, stop writing
                 continue
-            writer.write_image(stem, photo.data, photo.ext)
+            stored = writer.write_image(stem, photo.data, photo.ext)
+            cubes += [stored] if band_mode else []
             writer.write_mask(stem, ids, plan.colors)
             written.append(stem)
             if photo.rotated:
@@ -116,7 +135,8 @@ def write_plan(plan: Plan, fmt: str, src: Path, out_dir: Path, force: bool, sour
         if not written:
             raise CatsegError(f"{src}: no image could be imported; nothing was written", cap(warnings))
         splits, split_notes = _restrict_splits(plan.splits, written)
-        writer.write_dataset_json(dataset_json(plan.classes, plan.colors, source, splits))
+        channels = dataset_channels(cubes, splits.get("train", ()), band_names) if band_mode else None
+        writer.write_dataset_json(dataset_json(plan.classes, plan.colors, source, splits, channels=channels))
     notes = list(plan.notes) + split_notes
     if renamed:
         notes.append(f"{count(len(renamed), 'photo')} whose content is not what the extension says, stored under "
@@ -138,8 +158,22 @@ def _stored_photo(path: Path) -> _Photo:
     return _Photo(data, ext, size, raw_size, data is not original)
 
 
-def _photo_size(path: Path) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Return ((W, H) as stored, i.e. after EXIF rotation, (W, H) of the raw pixels), reading the header only."""
+def _stored_cube(path: Path, annotation: Path, hw: tuple[int, ...], axis: str | None, done: list[Path]) -> _Photo:
+    """Return a band image as (H, W, C) .npy bytes; its bands and dtype must agree with the first one stored."""
+    cube = read_bands(path, axis, hw=(int(hw[0]), int(hw[1])), hw_from=str(annotation))
+    same_bands(cube, path, done[0] if done else None)
+    size = (cube.shape[1], cube.shape[0])
+    return _Photo(cube_npy_bytes(cube), ".npy", size, size, False)
+
+
+def _photo_size(path: Path, hw: tuple[int, ...] | None = None, annotation: Path | None = None,
+                channel_axis: str | None = None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Return ((W, H) as stored, i.e. after EXIF rotation, (W, H) of the raw pixels), reading the header only.
+    A band image's bands are told from its annotation's (H, W) `hw` (or `channel_axis`)."""
+    if is_band_file(path):
+        header = band_header(path, channel_axis, hw=(int(hw[0]), int(hw[1])) if hw else None,
+                             hw_from=str(annotation or ""))
+        return (header.width, header.height), (header.width, header.height)
     try:
         with Image.open(path) as image:
             raw, shown = image.size, oriented_size(image)
@@ -156,15 +190,15 @@ def _size_problem(photo: Path, annotation: Path, size: tuple[int, int], raw: tup
     return text + "; a mask must have its photo's size"
 
 
-def scan_pairs(pairs: Iterable[tuple[str, Path, Path]],
-               to_ids: Callable[[Path], np.ndarray]) -> tuple[dict[Path, np.ndarray], list[str]]:
+def scan_pairs(pairs: Iterable[tuple[str, Path, Path]], to_ids: Callable[[Path], np.ndarray],
+               channel_axis: str | None = None) -> tuple[dict[Path, np.ndarray], list[str]]:
     """Return ({annotation: class ids present}, problems) after reading every annotation and photo header."""
     present: dict[Path, np.ndarray] = {}
     problems = []
     for _stem, photo, annotation in pairs:
         try:
             ids = to_ids(annotation)
-            size, raw = _photo_size(photo)
+            size, raw = _photo_size(photo, ids.shape, annotation, channel_axis)
         except CatsegError as exc:
             problems.append(str(exc))
             continue
@@ -205,7 +239,7 @@ def scan_folder(folder: Path) -> tuple[dict[str, Path], list[Path], list[str]]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue  # hidden files include the ._* AppleDouble copies in the Oxford archives
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS + BAND_EXTENSIONS:
             others.append(path)
         elif path.stem in by_stem:
             duplicates.append(f"{by_stem[path.stem]} and {path.name}: two files for {path.stem!r}; keep one")

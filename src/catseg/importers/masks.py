@@ -71,7 +71,7 @@ def _color_ids(path: Path, table: Mapping[int, int], colors_file: Path) -> np.nd
 
 
 def plan_masks(src: Path, folders: Mapping[str, tuple[Path, Path]], colors_file: Path | None,
-               given: list[str] | None, ignore_id: int | None = None) -> Plan:
+               given: list[str] | None, ignore_id: int | None = None, channel_axis: str | None = None) -> Plan:
     """Return the checked import plan for photos and masks folders; GIVEN is --classes, if passed.
 
     `folders` maps a split name to its (photos, masks) folders; the name "" means no named split.
@@ -102,7 +102,7 @@ def plan_masks(src: Path, folders: Mapping[str, tuple[Path, Path]], colors_file:
         to_ids = partial(_color_ids, table=palette[2], colors_file=colors_file)
     if ignore_id is not None:
         to_ids = partial(_void_to_ignore, to_ids=to_ids, ignore_id=ignore_id)
-    present, scan_problems = scan_pairs(pairs, to_ids)
+    present, scan_problems = scan_pairs(pairs, to_ids, channel_axis)
     problems += scan_problems
     notes: list[str] = []
     if ignore_id is not None:

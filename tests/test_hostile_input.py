@@ -116,6 +116,23 @@ def test_bad_photo_behind_a_labelme_file_is_reported_by_convert(kind: str, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kind", sorted(BAD_PHOTOS))
+def test_bad_photo_in_a_mask_folder_import_is_reported(kind: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    make, says = BAD_PHOTOS[kind]
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    (src / "images" / "a.jpg").write_bytes(make())
+    (src / "masks" / "a.png").write_bytes(_png(np.zeros((40, 50), np.uint8)))
+    (src / "images" / "b.jpg").write_bytes(_jpeg())
+    (src / "masks" / "b.png").write_bytes(_png(np.zeros((40, 50), np.uint8)))
+    assert main(["import", "masks", str(src), str(tmp_path / "out"), "--classes", "background,thing"]) == 2
+    err = capsys.readouterr().err
+    assert "a.jpg: " in err and (says in err or "cannot read this image" in err) and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_pixel_limit_can_be_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "p.png"

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from catseg.errors import CatsegError
+from catseg.images import MAX_PIXELS_ENV, max_pixels, open_image
 
 BAND_EXTENSIONS = (".npy",)  # beside catseg.images.IMAGE_EXTENSIONS (which has .tif, .tiff, .png)
 CHANNEL_AXES = ("first", "last")
@@ -54,9 +55,9 @@ def is_band_file(path: str | Path) -> bool:
     if suffix not in (".tif", ".tiff", ".png"):
         return False
     try:
-        with Image.open(path) as image:
+        with open_image(path, decode=False) as image:  # header only, past catseg's pixel limit refused
             return image.mode not in _PHOTO_MODES or getattr(image, "n_frames", 1) > 1
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except CatsegError:
         return suffix in (".tif", ".tiff")  # Pillow cannot read many-band TIFFs; tifffile will say
 
 
@@ -127,9 +128,9 @@ def _raw_array(path: Path) -> tuple[np.ndarray, str]:
             return np.load(path, mmap_mode="r", allow_pickle=False), ""
         if suffix in (".tif", ".tiff"):
             with _tifffile().TiffFile(path) as tif:
+                _check_pixels(path, tuple(tif.series[0].shape))
                 return tif.series[0].asarray(), tif.series[0].axes
-        with Image.open(path) as image:
-            image.load()
+        with open_image(path) as image:  # decoded only below catseg's pixel limit
             if image.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(image).astype(np.uint16), ""
             return np.asarray(image), ""
@@ -137,6 +138,16 @@ def _raw_array(path: Path) -> tuple[np.ndarray, str]:
         raise
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError, EOFError) as exc:
         raise CatsegError(f"{path}: cannot read this image ({exc}). Save the cube as .npy or TIFF.") from exc
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse a cube whose height x width (all but its smallest axis, the bands) passes catseg's pixel limit,
+    before anything is decoded (a decompression bomb guard, as for photos)."""
+    pixels = int(np.prod(shape)) // (min(shape) if len(shape) == 3 else 1)
+    if pixels > max_pixels():
+        raise CatsegError(f"{path}: {pixels:,} pixels per band, more than the limit of {max_pixels():,} (a guard "
+                          f"against decompression bombs; nothing was decoded). If it is genuine, raise the limit: "
+                          f"catseg --max-pixels {pixels} ... (or {MAX_PIXELS_ENV}={pixels}).")
 
 
 def _shape_dtype(path: Path) -> tuple[tuple[int, ...], np.dtype, str]:

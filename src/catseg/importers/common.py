@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from catseg.bands import (
     BAND_EXTENSIONS,
@@ -174,11 +174,8 @@ def _photo_size(path: Path, hw: tuple[int, ...] | None = None, annotation: Path 
         header = band_header(path, channel_axis, hw=(int(hw[0]), int(hw[1])) if hw else None,
                              hw_from=str(annotation or ""))
         return (header.width, header.height), (header.width, header.height)
-    try:
-        with Image.open(path) as image:
-            raw, shown = image.size, oriented_size(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CatsegError(f"{path}: cannot read this image ({exc}). Re-export it as JPEG or PNG.") from exc
+    with open_image(path, decode=False) as image:  # header only; a CatsegError names a file that is no image
+        raw, shown = image.size, oriented_size(image)
     return shown, raw
 
 

@@ -131,7 +131,7 @@ def test_force_keeps_the_old_run_until_the_new_one_has_finished(tmp_path: Path) 
         fit(_config(data, run, model="smp-unet", encoder="nonsense", encoder_weights="none", force=True))
     assert _snapshot(run) == before and not (tmp_path / "run.new").exists()
     # A replacement stopped half-way: the old run is intact, the new one waits in run.new and resumes there.
-    with pytest.raises(TrainingStopped, match=r"--resume --out run\.new"):
+    with pytest.raises(TrainingStopped, match=r"--resume --out \S*run\.new"):
         fit(_config(data, run, epochs=3, force=True), progress=_stop_at(2))
     assert _snapshot(run) == before and (tmp_path / "run.new" / "train_state.pt").is_file()
     result = fit(TrainConfig(dataset=str(data), out=str(tmp_path / "run.new"), resume=True))

@@ -26,7 +26,7 @@ import torch
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
 from catseg.models import load_weights
-from catseg.run import (LAST_WEIGHTS, NEW_SUFFIX, TRAIN_STATE, WEIGHTS, BestEpoch, read_checkpoint,
+from catseg.run import (LAST_WEIGHTS, TRAIN_STATE, WEIGHTS, BestEpoch, read_checkpoint,
                         read_run_config_unchecked, weights_best)
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def stop_now(t: Training) -> None:
     if t.dist.is_main:
         write_checkpoint(t)
     name = signal.Signals(t.stop_signal).name
-    where = t.replaces.name + NEW_SUFFIX if t.replaces else t.folder.root
+    where = t.folder.root  # with --force over an old run: RUN.new, which replaces RUN once it has finished
     raise TrainingStopped(f"{name} received: stopped at epoch {t.epoch}, step {t.step}, after writing a checkpoint. "
                           f"Continue with: catseg train --resume --out {where}", t.stop_signal)
 

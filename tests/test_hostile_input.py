@@ -148,6 +148,18 @@ def test_the_pixel_limit_can_be_raised(tmp_path: Path, monkeypatch: pytest.Monke
     assert "more than the limit of 100" in capsys.readouterr().out
 
 
+def test_pils_own_pixel_guard_survives_opens_from_many_threads() -> None:
+    """open_image lifts PIL's global guard while it reads a header (it applies its own); threads decoding the
+    training cache must not leave it lifted for the rest of the process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = _png(np.zeros((30, 40, 3), np.uint8))
+    before = Image.MAX_IMAGE_PIXELS
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: open_image(data, "p.png").size, range(2000)))
+    assert Image.MAX_IMAGE_PIXELS == before is not None
+
+
 def test_sixteen_bit_and_palette_photos_are_read(tmp_path: Path) -> None:
     grey16 = Image.fromarray((np.arange(40 * 50).reshape(40, 50) * 30).astype(np.uint16))
     grey16.save(tmp_path / "g.png")

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from catseg.errors import CatsegError
+from catseg.extras import require_extra
 from catseg.images import mask_png_bytes, open_image, to_rgb_array
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,8 @@ class UploadError(Exception):
 
 
 def _require_app() -> None:
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        raise CatsegError("catseg app needs the 'app' extra (starlette, uvicorn): pip install 'catseg[app]'") from exc
+    for module in ("starlette", "uvicorn"):
+        require_extra(module, "app", "catseg app")
 
 
 @dataclass

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from catseg.errors import CatsegError
+from catseg.extras import require_extra
 from catseg.images import MAX_PIXELS_ENV, max_pixels, open_image
 
 BAND_EXTENSIONS = (".npy",)  # beside catseg.images.IMAGE_EXTENSIONS (which has .tif, .tiff, .png)
@@ -62,12 +63,7 @@ def is_band_file(path: str | Path) -> bool:
 
 
 def _tifffile() -> Any:
-    try:
-        import tifffile
-    except ImportError as exc:
-        raise CatsegError("reading multi-band TIFF needs tifffile: pip install 'catseg[bands]' "
-                          "(or save the cube as .npy)") from exc
-    return tifffile
+    return require_extra("tifffile", "bands", "reading multi-band TIFF", " (or save the cube as .npy)")
 
 
 # ----------------------------------------------------------------------------- the band axis

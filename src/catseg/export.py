@@ -29,6 +29,7 @@ import torch
 
 from catseg import __version__
 from catseg.errors import CatsegError
+from catseg.extras import require_extra
 from catseg.files import atomic_write_bytes
 from catseg.graph import PhotoGraph, exportable
 from catseg.run import CONFIG_JSON, WEIGHTS, RunConfig, read_run_config, read_splits
@@ -51,13 +52,7 @@ POSTPROCESS_NOTE = ("not in the graph: the clean-up (connected components) is ap
 
 def require(module: str) -> Any:
     """Return an imported optional module of the 'export' extra, or a CatsegError naming the extra."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise CatsegError(f"{module} is not installed; ONNX export and the onnx backend need the 'export' extra: "
-                          "pip install 'catseg[export]'") from exc
+    return require_extra(module, "export", "ONNX export and the onnx backend")
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,13 +103,19 @@ def unreadable(label: str | Path, exc: BaseException) -> CatsegError:
 
 
 def _open_unguarded(source: Any) -> Image.Image:
-    """Image.open without PIL's own pixel guard (open_image applies catseg's, with the user's limit)."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        return Image.open(source)
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+    """Image.open without PIL's own pixel guard (open_image applies catseg's, with the user's limit). PIL reads
+    the guard from a module global, so the swap is locked: the training cache decodes in threads, and two
+    unlocked swaps could leave the guard off for everything else in the process."""
+    with _PIL_GUARD:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(source)  # reads the header only; decoding happens later, outside the lock
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+_PIL_GUARD = threading.Lock()
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from catseg.errors import CatsegError
+from catseg.extras import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +25,7 @@ CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}  # never bf16 behind the user's bac
 
 def require_openvino() -> Any:
     """Return the imported openvino module, or a CatsegError naming the extra to install."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise CatsegError("openvino is not installed; the openvino backend needs the 'openvino' extra: "
-                          "pip install 'catseg[openvino]'") from exc
-    return openvino
+    return require_extra("openvino", "openvino", "the openvino backend")
 
 
 class OpenVinoModel:

@@ -148,11 +148,12 @@ def test_the_pixel_limit_can_be_raised(tmp_path: Path, monkeypatch: pytest.Monke
     assert "more than the limit of 100" in capsys.readouterr().out
 
 
-def test_pils_own_pixel_guard_survives_opens_from_many_threads() -> None:
+def test_pils_own_pixel_guard_survives_opens_from_many_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """open_image lifts PIL's global guard while it reads a header (it applies its own); threads decoding the
     training cache must not leave it lifted for the rest of the process."""
     from concurrent.futures import ThreadPoolExecutor
 
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # PIL's default (importing labelme lifts it)
     data = _png(np.zeros((30, 40, 3), np.uint8))
     before = Image.MAX_IMAGE_PIXELS
     with ThreadPoolExecutor(8) as pool:

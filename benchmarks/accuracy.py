@@ -55,7 +55,7 @@ def run_budget(dataset: Path, work: Path, budget: str, train_args: list[str], tt
             "pet_iou_per_image": summary["per_image"]["per_class"]["pet"]["iou"],
             "miou": summary["dataset"]["miou"], "val_images": summary["num_images"],
             "mirror_tta": summary["tta"]["flip"], "postprocess": config["postprocess"],
-            "settings": {k: config["train"].get(k) for k in ("model", "encoder", "encoder_weights", "size", "resize", "width",
+            "settings": {k: config["train"].get(k) for k in ("model", "encoder", "encoder_weights", "decoder_width", "size", "resize", "width",
                                                              "depth", "batch_size", "augment", "encoder_lr",
                                                              "size_start", "lr", "precision_used")}}
 

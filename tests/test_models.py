@@ -202,7 +202,8 @@ def test_unknown_encoder_suggests_valid_ones() -> None:
 def test_model_kwargs_picks_the_models_options_from_a_config() -> None:
     config = TrainConfig(model="unet", width=8, depth=3, upsample="bilinear", encoder="resnet18")
     assert model_kwargs("unet", config) == {"width": 8, "depth": 3, "upsample": "bilinear"}
-    assert model_kwargs("smp-fpn", config) == {"encoder": "resnet18", "encoder_weights": "auto"}
+    assert model_kwargs("smp-fpn", config) == {"encoder": "resnet18", "encoder_weights": "auto", "decoder_width": 0}
+    assert model_kwargs("smp-linknet", config) == {"encoder": "resnet18", "encoder_weights": "auto"}
 
 
 def test_rebuild_never_reads_the_pretrained_weights(tmp_path: Path) -> None:
@@ -211,9 +212,34 @@ def test_rebuild_never_reads_the_pretrained_weights(tmp_path: Path) -> None:
     with pytest.raises(CatsegError, match="gone.pth"):
         create_model("smp-unet", **kwargs)
     rebuilt = rebuild_kwargs("smp-unet", kwargs)
-    assert rebuilt == {"encoder": "resnet18", "encoder_weights": None}
+    assert rebuilt == {"encoder": "resnet18", "encoder_weights": None, "decoder_width": 0}
     assert isinstance(create_model("smp-unet", **rebuilt), nn.Module)
     assert rebuild_kwargs("unet", {"width": 8}) == {"width": 8}
+
+
+def test_decoder_width_narrows_the_decoder_and_is_rebuilt_from_the_run() -> None:
+    def decoder_params(model: nn.Module) -> int:
+        return sum(p.numel() for p in model.net.decoder.parameters())
+
+    default = create_model("smp-unet", encoder="efficientnet-lite0", encoder_weights="none")
+    narrow = create_model("smp-unet", encoder="efficientnet-lite0", encoder_weights="none", decoder_width=64)
+    convs = [m for m in narrow.net.decoder.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs][::2] == [64, 32, 16, 8, 4]  # two convs per level, halving
+    assert decoder_params(narrow) < decoder_params(default) / 5
+    x = torch.rand(1, 3, 96, 64)
+    assert narrow.eval()(x).shape == (1, 2, 96, 64)
+    fpn = create_model("smp-fpn", encoder="efficientnet-lite0", encoder_weights="none", decoder_width=64)
+    assert fpn.eval()(x).shape == (1, 2, 96, 64)
+    kwargs = model_kwargs("smp-unet", TrainConfig(decoder_width=64))
+    rebuilt = create_model("smp-unet", **rebuild_kwargs("smp-unet", kwargs))
+    assert kwargs["decoder_width"] == 64
+    assert rebuilt.state_dict().keys() == narrow.state_dict().keys()
+    assert decoder_params(rebuilt) == decoder_params(narrow)
+    for bad in (4, 2000, 1.5, True):
+        with pytest.raises(CatsegError, match="decoder_width"):
+            create_model("smp-unet", encoder="efficientnet-lite0", decoder_width=bad)
+    with pytest.raises(CatsegError, match="decoder_width"):  # LinkNet has no width to set
+        create_model("smp-linknet", encoder="efficientnet-lite0", decoder_width=64)
 
 
 def test_register_model_adds_a_factory(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -233,7 +233,8 @@ def test_a_grey_image_is_seen_as_rgb_with_equal_channels() -> None:
 
 def test_rebuild_from_a_run_never_reads_the_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kwargs = model_kwargs("smp-unet", TrainConfig(encoder="efficientnet-lite0", encoder_weights="imagenet"))
-    assert json.loads(json.dumps(kwargs)) == {"encoder": "efficientnet-lite0", "encoder_weights": "imagenet"}
+    assert json.loads(json.dumps(kwargs)) == {"encoder": "efficientnet-lite0", "encoder_weights": "imagenet",
+                                              "decoder_width": 0}
     model = create_model("smp-unet", 3, 2, **kwargs).train()
     with torch.no_grad():
         model(torch.rand(2, 3, 32, 32) * 2 - 1)  # moves BatchNorm statistics, so a lost buffer shows

@@ -44,6 +44,8 @@ class TrainConfig:
                                       "downloaded when online) or a local .pth/.safetensors file")
     encoder_lr: float = _f(0.1, "smp-* models with pretrained weights: the encoder's learning rate as a fraction of "
                                 "--lr (the decoder and head get --lr)")
+    decoder_width: int = _f(0, "smp-unet, -unetplusplus, -fpn, -deeplabv3plus: channels of the decoder's widest level "
+                               "(U-Nets halve it at each level up; FPN's head gets half); 0 = smp's default, 256")
     size: int = _f(256, "input size in pixels: the side of the square photos are stretched to (--resize stretch), "
                         "or the shorter side they are scaled to (--resize scale)")
     resize: str = _f("stretch", "size policy: stretch (whole photo to SIZE x SIZE) or scale (keep the aspect, shorter "
@@ -97,6 +99,8 @@ class TrainConfig:
         for name, low in (("width", 1), ("depth", 1), ("size", 16), ("epochs", 1), ("batch_size", 1)):
             if getattr(self, name) < low:
                 problems.append(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least {low}")
+        if self.decoder_width and not 8 <= self.decoder_width <= 1024:
+            problems.append(f"--decoder-width {self.decoder_width}: between 8 and 1024, or 0 for smp's default (256)")
         if self.patch and self.patch < 16:
             problems.append(f"--patch {self.patch}: at least 16 (or 0 for the same as --size)")
         if self.patch and self.resize == "stretch":

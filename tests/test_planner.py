@@ -145,6 +145,28 @@ def test_auto_plans_the_pretrained_model_when_enough_steps_fit(info, monkeypatch
     assert sizes["1h"] <= 320  # never beyond the photos' own size (median shorter side 333 px)
 
 
+def test_the_pretrained_plan_narrows_the_decoder_unless_one_is_given(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    def speed(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
+        return _fake_pretrained(config, size, num_classes) * (2.0 if config.decoder_width in (0, 256) else 1.0)
+
+    monkeypatch.setattr(planner, "pretrained_seconds_per_step", speed)
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m"), info, info.stems(), set())
+    assert plan.config.decoder_width == planner.PRETRAINED_DECODER_WIDTH == plan.to_json()["decoder_width"]
+    why = next(r for r in plan.reasons if r.startswith("decoder width"))
+    assert "0.33s per step at 160px against 0.66s with smp's 256" in why
+    given = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m", decoder_width=256), info,
+                                  info.stems(), {"decoder_width"})
+    assert given.config.decoder_width == 256 and not any(r.startswith("decoder width") for r in given.reasons)
+    unet = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="2m"), info,
+                                 info.stems(), {"model"})
+    assert unet.config.decoder_width == 0  # the from-scratch UNet has no such option
+    config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r"))  # no budget: the same default
+    assert config.decoder_width == planner.PRETRAINED_DECODER_WIDTH and any("decoder width" in n for n in notes)
+
+
 def test_auto_falls_back_to_the_unet_when_the_pretrained_model_is_too_slow(info, monkeypatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
     monkeypatch.setattr(planner, "pretrained_seconds_per_step", lambda *a, **k: 5.0)  # a very slow machine

@@ -25,7 +25,7 @@ from catseg.data import DatasetInfo
 from catseg.hardware import Forward, resolve_device, resolve_precision
 from catseg.images import open_image, read_mask
 from catseg.losses import SegmentationLoss
-from catseg.models import create_model, lite, preprocessing_for
+from catseg.models import create_model, lite, model_kwargs, preprocessing_for
 from catseg.objects import object_widths, typical_width
 from catseg.preprocess import Preprocess
 from catseg.steps import StepContext, step_seconds
@@ -42,7 +42,7 @@ TARGET_STEPS = 5000
 # Input pixels the median object should span: beyond that, resolution costs steps and buys little (pets
 # fill ~38% of their photos and span ~80 px at 128 px; 160 and 192 px did not score higher).
 OBJECT_SPAN = 80
-PLANNED = ("model", "encoder", "encoder_weights", "size", "width", "augment", "lr", "class_weights", "oversample")
+PLANNED = ("model", "encoder", "encoder_weights", "decoder_width", "precision", "size", "width", "augment", "lr", "class_weights", "oversample")
 # Many classes and small objects (CamVid): the thinnest class's typical object should keep this many input
 # pixels of width. Its poles are ~5.4 px wide in 480 px photos: 256 px keeps them ~2.9 px, 160 px ~1.8 px.
 THIN_WIDTH_PX = 3.0
@@ -61,6 +61,10 @@ PRETRAINED_STEPS = 1500
 # Fewer steps than this at the smallest size (a very slow machine or a tiny budget): the UNet from scratch.
 # 2 minutes here give ~300 steps at 160 px: pet IoU 0.850, against 0.778 for the planned UNet.
 PRETRAINED_MIN_STEPS = 150
+# Channels of the widest decoder level under a pretrained encoder (smp's default is 256). With
+# efficientnet-lite0 at 160 px smp's U-Net decoder takes 1.9 of the model's 2.3 GFLOPs; the
+# ImageNet encoder, not the decoder, holds what 240 photos cannot teach, so the steps go there.
+PRETRAINED_DECODER_WIDTH = 128
 PRETRAINED_SPAN = 160  # input pixels the median object should span (never beyond the photos' own size)
 # AdamW peak for the decoder; the encoder gets encoder_lr (0.1) times it. 1e-3 and 3e-3 with the encoder at
 # 0.1x, and 1e-3 for all weights, gave 0.851, 0.844 and 0.850 after 2 minutes.
@@ -279,7 +283,8 @@ def pretrained_seconds_per_step(config: TrainConfig, size: int, num_classes: int
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     torch.manual_seed(0)
-    model = create_model(config.model, channels, num_classes, encoder=config.encoder, encoder_weights="none")
+    model = create_model(config.model, channels, num_classes,
+                         **{**model_kwargs(config.model, config), "encoder_weights": "none"})
     model.to(device, memory_format=torch.channels_last).train()
     norm = preprocessing_for(config.model, {"encoder": config.encoder}, in_channels=channels)
     ctx = StepContext(Forward(model, device, dtype), Preprocess(size, mean=tuple(norm["mean"]), std=tuple(norm["std"])),
@@ -297,6 +302,9 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
     PRETRAINED_MIN_STEPS (the caller then plans the from-scratch UNet)."""
     train_seconds = 0.85 * budget
     steps_per_epoch = max(1, stats.images // config.batch_size)
+    narrowed = "decoder_width" not in given and not config.decoder_width and _has_decoder_width(config.model)
+    if narrowed:
+        config = replace(config, decoder_width=PRETRAINED_DECODER_WIDTH)
     # ImageNet features see objects at 1/4 to 1/32 of the input: give the median object PRETRAINED_SPAN
     # pixels, but never more than the photos have.
     enough = 32 * round(PRETRAINED_SPAN / math.sqrt(max(stats.median_object_fraction, 1e-4)) / 32)
@@ -308,6 +316,7 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
             sizes = [s for s in sizes if s >= floor]
             reasons.append(why)
     measured: dict[str, float] = {}
+    config = _plan_cpu_precision(config, sizes[0], num_classes, stats.channels, given, reasons, measured)
     chosen = sizes[0]
     for size in sizes:
         seconds = pretrained_seconds_per_step(config, size, num_classes, channels=stats.channels)
@@ -331,7 +340,14 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
     elif len(sizes) > 1:
         reasons.append(f"size {chosen}px: the median object spans about {PRETRAINED_SPAN}px there")
     changes: dict[str, Any] = {"model": config.model, "encoder": config.encoder,
-                               "encoder_weights": config.encoder_weights}
+                               "encoder_weights": config.encoder_weights, "decoder_width": config.decoder_width,
+                               "precision": config.precision}
+    if narrowed:
+        wide = pretrained_seconds_per_step(replace(config, decoder_width=0), chosen, num_classes,
+                                           channels=stats.channels)
+        measured[f"{config.model}/{config.encoder}/{chosen}/decoder256"] = round(wide, 4)
+        reasons.append(f"decoder width {config.decoder_width}: {seconds:.2f}s per step at {chosen}px against "
+                       f"{wide:.2f}s with smp's 256; the steps go to the pretrained encoder")
     if "size" not in given:
         changes["size"] = chosen
     if "augment" not in given:
@@ -342,6 +358,24 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
         reasons.append(f"lr {PRETRAINED_LR:g} for the decoder, {config.encoder_lr:g}x that for the pretrained encoder")
     changes.update(_plan_rare(stats, given, reasons))
     return Plan(replace(config, **changes), reasons, measured)
+
+
+def _plan_cpu_precision(config: TrainConfig, size: int, num_classes: int, channels: int, given: set[str],
+                        reasons: list[str], measured: dict[str, float]) -> TrainConfig:
+    """Return config with --precision fp32 where bf16 autocast is on by default (a CPU with bf16) but a
+    step of this model is faster without it: the Lite encoders' depthwise convolutions gain nothing from
+    bf16 and the casts cost time (here, 160 px: 0.28 s per step in fp32 against 0.30 s in bf16)."""
+    device = resolve_device(config.device)
+    if "precision" in given or config.precision != "auto" or device.type != "cpu" or \
+            resolve_precision("auto", device) != torch.bfloat16:
+        return config
+    bf16 = pretrained_seconds_per_step(config, size, num_classes, channels=channels)
+    fp32 = pretrained_seconds_per_step(replace(config, precision="fp32"), size, num_classes, channels=channels)
+    measured.update({f"{config.model}/{config.encoder}/{size}/bf16": round(bf16, 4),
+                     f"{config.model}/{config.encoder}/{size}/fp32": round(fp32, 4)})
+    faster = "fp32" if fp32 < bf16 else "bf16"
+    reasons.append(f"precision {faster}: {fp32:.2f}s per step at {size}px in fp32, {bf16:.2f}s with bf16 autocast")
+    return replace(config, precision="fp32") if faster == "fp32" else config
 
 
 def resolve_auto(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
@@ -358,6 +392,9 @@ def resolve_auto(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
         if lite.installed().get(PRETRAINED_ENCODER):
             config = replace(config, model=PRETRAINED_MODEL)
             notes.append(f"model {PRETRAINED_MODEL} with the ImageNet-pretrained {PRETRAINED_ENCODER} encoder")
+            if "decoder_width" not in config.given and not config.decoder_width:
+                config = replace(config, decoder_width=PRETRAINED_DECODER_WIDTH)
+                notes.append(f"decoder width {PRETRAINED_DECODER_WIDTH}: the pretrained default's (smp's is 256)")
         else:
             config = replace(config, model="unet")
             notes.append(f"model unet from scratch: the ImageNet weights of {PRETRAINED_ENCODER} are not installed "
@@ -369,6 +406,10 @@ def resolve_auto(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
             notes.append(f"encoder {config.encoder} from random weights: no ImageNet weights for it are installed "
                          "(--encoder-weights imagenet downloads them where a hub is reachable, or give a file)")
     return config, notes
+
+
+def _has_decoder_width(model: str) -> bool:
+    return model.startswith("smp-") and "decoder_width" in model_kwargs(model, TrainConfig())
 
 
 def _wants_unet(config: TrainConfig, given: set[str]) -> bool:

@@ -156,7 +156,7 @@ def test_the_pretrained_plan_narrows_the_decoder_unless_one_is_given(info, monke
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m"), info, info.stems(), set())
     assert plan.config.decoder_width == planner.PRETRAINED_DECODER_WIDTH == plan.to_json()["decoder_width"]
     why = next(r for r in plan.reasons if r.startswith("decoder width"))
-    assert "0.33s per step at 160px against 0.66s with smp's 256" in why
+    assert "0.33s per step at 160px against 0.66s with smp's 256; the steps go to the pretrained encoder" in why
     given = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m", decoder_width=256), info,
                                   info.stems(), {"decoder_width"})
     assert given.config.decoder_width == 256 and not any(r.startswith("decoder width") for r in given.reasons)
@@ -165,6 +165,32 @@ def test_the_pretrained_plan_narrows_the_decoder_unless_one_is_given(info, monke
     assert unet.config.decoder_width == 0  # the from-scratch UNet has no such option
     config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r"))  # no budget: the same default
     assert config.decoder_width == planner.PRETRAINED_DECODER_WIDTH and any("decoder width" in n for n in notes)
+
+
+@pytest.mark.parametrize("fp32_faster", [True, False])
+def test_on_a_bf16_cpu_the_pretrained_plan_keeps_the_faster_precision(info, monkeypatch: pytest.MonkeyPatch,
+                                                                     fp32_faster: bool) -> None:
+    def speed(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
+        faster = (config.precision == "fp32") == fp32_faster
+        return _fake_pretrained(config, size, num_classes) * (0.8 if faster else 1.0)
+
+    monkeypatch.setattr(planner, "pretrained_seconds_per_step", speed)
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "resolve_device", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(planner, "resolve_precision",  # a CPU with bf16: auto means bf16 autocast
+                        lambda precision, device: torch.bfloat16 if precision in ("auto", "bf16") else torch.float32)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m"), info, info.stems(), set())
+    why = next(r for r in plan.reasons if r.startswith("precision"))
+    if fp32_faster:
+        assert plan.config.precision == "fp32" == plan.to_json()["precision"]
+        assert why.startswith("precision fp32: 0.26s per step at 160px in fp32, 0.33s with bf16")
+    else:
+        assert plan.config.precision == "auto" and why.startswith("precision bf16")
+    given = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m", precision="bf16"), info,
+                                  info.stems(), {"precision"})
+    assert given.config.precision == "bf16" and not any(r.startswith("precision") for r in given.reasons)
 
 
 def test_auto_falls_back_to_the_unet_when_the_pretrained_model_is_too_slow(info, monkeypatch) -> None:

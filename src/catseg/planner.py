@@ -346,8 +346,10 @@ def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given
         wide = pretrained_seconds_per_step(replace(config, decoder_width=0), chosen, num_classes,
                                            channels=stats.channels)
         measured[f"{config.model}/{config.encoder}/{chosen}/decoder256"] = round(wide, 4)
+        gain = ("the steps go to the pretrained encoder" if wide > 1.03 * seconds else
+                "no faster here, and as accurate (0.845 against 0.847 pet IoU after 2 minutes, README)")
         reasons.append(f"decoder width {config.decoder_width}: {seconds:.2f}s per step at {chosen}px against "
-                       f"{wide:.2f}s with smp's 256; the steps go to the pretrained encoder")
+                       f"{wide:.2f}s with smp's 256; {gain}")
     if "size" not in given:
         changes["size"] = chosen
     if "augment" not in given:

@@ -247,10 +247,12 @@ def part_predict_huge_scale(args: argparse.Namespace) -> dict:
 
 def part_train_default(args: argparse.Namespace) -> dict:
     from catseg.config import TrainConfig
+    from catseg.planner import PRETRAINED_DECODER_WIDTH
     from catseg.train import fit
 
     result = fit(TrainConfig(dataset=str(args.data), out=str(args.work / "run-default"), model="smp-unet",
                              encoder="efficientnet-lite0", encoder_weights="imagenet", size=DEFAULT_SIZE,
+                             decoder_width=PRETRAINED_DECODER_WIDTH,
                              batch_size=BATCH, epochs=2 if args.quick else 3, val_fraction=0.12,
                              precision=args.precision, force=True).validate())
     last = result.history[-1]

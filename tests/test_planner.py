@@ -163,8 +163,13 @@ def test_the_pretrained_plan_narrows_the_decoder_unless_one_is_given(info, monke
     unet = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="2m"), info,
                                  info.stems(), {"model"})
     assert unet.config.decoder_width == 0  # the from-scratch UNet has no such option
-    config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r"))  # no budget: the same default
-    assert config.decoder_width == planner.PRETRAINED_DECODER_WIDTH and any("decoder width" in n for n in notes)
+    config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r"))  # no budget: smp's own decoder
+    assert config.decoder_width == 0 and not any("decoder width" in n for n in notes)
+    many = planner._plan_pretrained(TrainConfig(dataset="d", out="r", model="smp-unet", time_budget="2m"),
+                                    planner.DataStats(240, 333, 0.38, 0.38), 120.0, {"model"}, [],
+                                    num_classes=planner.PRETRAINED_NARROW_MAX_CLASSES + 1, fallback=False)
+    assert many.config.decoder_width == 0  # 11 classes through 8 channels scored far lower on CamVid
+    assert not any(r.startswith("decoder width") for r in many.reasons)
 
 
 @pytest.mark.parametrize("fp32_faster", [True, False])

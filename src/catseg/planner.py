@@ -42,7 +42,8 @@ TARGET_STEPS = 5000
 # Input pixels the median object should span: beyond that, resolution costs steps and buys little (pets
 # fill ~38% of their photos and span ~80 px at 128 px; 160 and 192 px did not score higher).
 OBJECT_SPAN = 80
-PLANNED = ("model", "encoder", "encoder_weights", "decoder_width", "precision", "size", "width", "augment", "lr", "class_weights", "oversample")
+PLANNED = ("model", "encoder", "encoder_weights", "decoder_width", "precision", "size", "width", "augment", "lr",
+           "class_weights", "oversample")
 # Many classes and small objects (CamVid): the thinnest class's typical object should keep this many input
 # pixels of width. Its poles are ~5.4 px wide in 480 px photos: 256 px keeps them ~2.9 px, 160 px ~1.8 px.
 THIN_WIDTH_PX = 3.0

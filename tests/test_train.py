@@ -120,6 +120,19 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, tiny_dataset: Path) -
     assert [r["epoch"] for r in result.history] == [1, 2]
 
 
+def test_resume_removes_temporaries_a_killed_write_left_and_nothing_else(tmp_path: Path, tiny_dataset: Path) -> None:
+    out = tmp_path / "run"
+    fit(_config(tiny_dataset, out, epochs=1))
+    stale = out / ".train_state.pt.k2phq7fd.tmp"  # the name atomic_write_bytes gives; SIGKILL before its rename
+    stale.write_bytes(b"half a checkpoint")
+    mine = [out / ".notes.tmp", out / "notes.k2phq7fd.tmp"]  # not catseg's pattern: left alone
+    for path in mine:
+        path.write_text("mine")
+    fit(TrainConfig(dataset=str(tiny_dataset), out=str(out), resume=True))
+    assert not stale.exists()
+    assert all(path.read_text() == "mine" for path in mine)
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path: Path, tiny_dataset: Path) -> None:
     with pytest.raises(CatsegError, match="nothing to resume"):
         fit(TrainConfig(dataset=str(tiny_dataset), out=str(tmp_path / "none"), resume=True))

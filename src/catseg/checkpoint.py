@@ -25,6 +25,7 @@ import torch
 
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
+from catseg.files import remove_stale_temporaries
 from catseg.models import load_weights
 from catseg.run import (LAST_WEIGHTS, TRAIN_STATE, WEIGHTS, BestEpoch, read_checkpoint,
                         read_run_config_unchecked, weights_best)
@@ -164,6 +165,8 @@ def stop_now(t: Training) -> None:
 def load_resume(run_dir: Path, config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """Return the stored settings (with this call's device) and the saved training state."""
     state = read_checkpoint(run_dir)
+    for path in remove_stale_temporaries(run_dir):  # a killed process's unfinished write; the old file is intact
+        log.info("removed %s, left unfinished by a stopped process", path.name)
     stored = read_run_config_unchecked(run_dir).train
     resumed = TrainConfig.from_dict({**stored, "resume": True, "force": False, "device": config.device,
                                      "out": str(run_dir), "no_plan": True})  # the stored settings were planned

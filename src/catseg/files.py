@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     _fsync_folder(path.parent)
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # what atomic_write_bytes names its temporaries
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the half-written temporaries that atomic_write_bytes leaves when its process is killed (SIGKILL,
+    power loss) between creating and renaming them; return what was removed. Only files named the way
+    atomic_write_bytes names them are touched, and only in `folder` itself. Call it only where no other catseg
+    process can be writing to `folder` (resuming a run)."""
+    removed = []
+    for path in sorted(folder.glob(".*.tmp")):
+        if _TEMP_NAME.match(path.name) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

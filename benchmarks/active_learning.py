@@ -1,7 +1,7 @@
 """Does `catseg suggest` pick better photos to label than chance? Active learning on the Oxford-IIIT Pet sample.
 
     python benchmarks/active_learning.py                                  # 3 seeds, 20 + 20 photos, 2m each
-    python benchmarks/active_learning.py --seeds 0,1,2,3,4 --initial 20 --add 20 --budget 2m --score mirror
+    python benchmarks/active_learning.py --seeds 0,1,2,3,4 --initial 20 --add 20 --budget 2m --pick uncertain
 
 The real command line throughout. Import the sample with the binary labels (`catseg import oxford-pets
 SRC DS --labels binary`), then hold out two fixed parts, the same for every seed: `test` (60 photos,
@@ -118,9 +118,10 @@ def unlabelled_folder(dataset: Path, stems: list[str], folder: Path) -> Path:
     return folder
 
 
-def suggested(run: Path, folder: Path, k: int, score: str, out: Path) -> list[str]:
+def suggested(run: Path, folder: Path, k: int, score: str, pick: str, out: Path) -> list[str]:
     """Return the stems of the k photos `catseg suggest` ranks first."""
-    catseg("suggest", str(run), str(folder), "--top", str(k), "--out", str(out), "--score", score, "--force")
+    catseg("suggest", str(run), str(folder), "--top", str(k), "--out", str(out), "--score", score, "--pick", pick,
+           "--force")
     with (out / "suggestions.csv").open(newline="", encoding="utf-8") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: int(r["rank"]))
     return [Path(r["path"]).stem for r in rows[:k]]
@@ -137,7 +138,7 @@ def one_seed(dataset: Path, work: Path, pool: list[str], seed: int, args: argpar
                                           train_args)}
     _log(seed, "initial", results["initial"])
     picked = suggested(base / "run-initial", unlabelled_folder(dataset, unlabelled, base / "unlabelled"), args.add,
-                       args.score, base / "suggestions")
+                       args.score, args.pick, base / "suggestions")
     chance = sorted(rng.sample(unlabelled, args.add))
     add_splits(dataset, {f"s{seed}-suggest": labelled + picked, f"s{seed}-random": labelled + chance})
     for arm in ("suggest", "random"):
@@ -170,6 +171,7 @@ def print_table(rows: dict[int, dict], args: argparse.Namespace) -> None:
           f"{_mean_sd(cols['random']):>12s} {_mean_sd(gains):>15s}")
     first = next(iter(rows.values()))["initial"]
     print(f"{first['class']} IoU (dataset-wide) on {first['test_images']} held-out photos; score {args.score}, "
+          f"pick {args.pick}, "
           f"budget {args.budget} per training; suggest beat random in "
           f"{sum(g > 0 for g in gains)} of {len(gains)} seeds")
 
@@ -185,6 +187,7 @@ def main() -> None:
     parser.add_argument("--budget", default="2m", help="--time-budget of every training (default: 2m)")
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default: 0,1,2)")
     parser.add_argument("--score", default="mirror", choices=["mirror", "entropy", "margin"], help="suggest --score")
+    parser.add_argument("--pick", default="diverse", choices=["diverse", "uncertain"], help="suggest --pick")
     parser.add_argument("--train-args", default="", help="extra `catseg train` flags for every training, quoted")
     parser.add_argument("--work", type=Path, default=None, help="keep datasets and runs here (default: a temp folder)")
     args = parser.parse_args()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from catseg.cli import main
 from catseg.errors import CatsegError
-from catseg.suggest import RANKING_FILE, pixel_uncertainty, suggest, uncertainty
+from catseg.suggest import RANKING_FILE, diverse_pick, photo_features, pixel_uncertainty, suggest, uncertainty
 
 
 def test_scores_are_zero_when_sure_and_one_when_undecided() -> None:
@@ -79,7 +79,8 @@ def test_ranking_puts_the_confusing_photo_first_and_is_deterministic(tiny_run: P
     if score == "mirror":
         _left_to_right_model(monkeypatch)
     paths = _photos(tmp_path / "photos")
-    report = suggest(tiny_run, [str(tmp_path / "photos")], tmp_path / "a", top=1, score=score, device="cpu")
+    report = suggest(tiny_run, [str(tmp_path / "photos")], tmp_path / "a", top=1, score=score, device="cpu",
+                     pick="uncertain")
     order = [s.path.stem for s in report.ranking]
     assert order.index("confusing") < order.index("sure")
     rows = _rows(tmp_path / "a" / RANKING_FILE)
@@ -91,7 +92,7 @@ def test_ranking_puts_the_confusing_photo_first_and_is_deterministic(tiny_run: P
     for r in rows:
         assert float(r["share_background"]) + float(r["share_square"]) == pytest.approx(1.0, abs=1e-3)
     again = suggest(tiny_run, [str(p) for p in reversed(list(paths.values()))], tmp_path / "b", top=1, score=score,
-                    device="cpu")
+                    device="cpu", pick="uncertain")
     assert [s.path.stem for s in again.ranking] == order
     assert [s.score for s in again.ranking] == [s.score for s in report.ranking]
 
@@ -115,10 +116,17 @@ def test_top_n_are_pre_annotated_and_nothing_is_overwritten(tiny_run: Path, tmp_
     mine = Path(written[0]["annotation"])
     mine.write_text('{"corrected": true}')
     Path(written[1]["annotation"]).unlink()
-    report = suggest(tiny_run, [photos], top=2, device="cpu")
+    report = suggest(tiny_run, [photos], top=2, device="cpu", pick="uncertain")
     assert mine.read_text() == '{"corrected": true}'
     assert [s.status for s in report.ranking] == ["exists", "written", "written"]
     assert report.skipped == [report.ranking[0].path] and len(report.written) == 2
+    # --pick diverse chooses among the photos without a JSON: its picks lead, the corrected one follows
+    for path in report.written:
+        path.unlink()
+    report = suggest(tiny_run, [photos], top=2, device="cpu")
+    assert mine.read_text() == '{"corrected": true}'
+    assert [s.status for s in report.ranking] == ["written", "written", "exists"]
+    assert report.ranking[2].annotation == mine and len(report.written) == 2
 
 
 def test_refusals(tiny_run: Path, tmp_path: Path) -> None:
@@ -132,6 +140,8 @@ def test_refusals(tiny_run: Path, tmp_path: Path) -> None:
         suggest(tiny_run, [str(tmp_path / "photos" / "sure.png")], device="cpu")
     with pytest.raises(CatsegError, match="--score"):
         suggest(tiny_run, [str(tmp_path / "photos")], tmp_path / "o", score="vibes", device="cpu")
+    with pytest.raises(CatsegError, match="--pick"):
+        suggest(tiny_run, [str(tmp_path / "photos")], tmp_path / "o", pick="best", device="cpu")
 
 
 def test_pre_annotations_are_what_predict_writes(tiny_run: Path, tmp_path: Path) -> None:
@@ -145,3 +155,56 @@ def test_pre_annotations_are_what_predict_writes(tiny_run: Path, tmp_path: Path)
         for score in ("mirror", "entropy"):
             shapes = json.loads((tmp_path / score / f"{name}.json").read_text())["shapes"]
             assert [s["points"] for s in shapes] == [s["points"] for s in predicted]
+
+
+# ----------------------------------------------------------------------------- variety
+def _two_kinds(rng: np.random.Generator, n: int = 8) -> tuple[list[float], np.ndarray]:
+    """Scores and features of 2n photos of two kinds: the first n (more uncertain) all alike, then n of another."""
+    a = rng.normal([1.0, 0.0, 0.0], 0.02, (n, 3))
+    b = rng.normal([0.0, 1.0, 0.0], 0.02, (n, 3))
+    scores = [0.9 - 0.01 * i for i in range(n)] + [0.5 - 0.01 * i for i in range(n)]
+    return scores, np.concatenate([a, b])
+
+
+def test_diverse_pick_takes_one_photo_of_each_kind_where_uncertainty_takes_one_kind() -> None:
+    scores, features = _two_kinds(np.random.default_rng(0))
+    picked = diverse_pick(scores, features, 2)
+    assert sorted(i // 8 for i in picked) == [0, 1]  # one of each kind; the top two scores are both kind 0
+    assert scores[picked[0]] > scores[picked[1]]  # most uncertain first
+    assert diverse_pick(scores, features, 2) == picked  # deterministic
+    # the pool: with pool 1 only the k most uncertain are candidates, which is uncertainty sampling
+    assert diverse_pick(scores, features, 2, pool=1) == [0, 1]
+    # more asked than there are photos: every photo once
+    assert sorted(diverse_pick(scores[:3], features[:3], 5)) == [0, 1, 2]
+    assert diverse_pick([], np.zeros((0, 3)), 2) == []
+
+
+def test_photo_features_are_unit_vectors_that_tell_photos_apart(tiny_run: Path, tmp_path: Path) -> None:
+    from catseg.images import read_image
+    from catseg.predict import Predictor
+
+    paths = _photos(tmp_path / "photos")
+    predictor = Predictor.from_run(tiny_run, device="cpu")
+    images = [read_image(p) for p in paths.values()]
+    f = photo_features(predictor, images)
+    assert f.shape[0] == 3 and f.shape[1] >= 4
+    assert np.allclose(np.linalg.norm(f, axis=1), 1.0, atol=1e-5)
+    assert np.abs(f[0] - f[2]).max() > 1e-3  # a bright square photo and grey noise look different to the model
+    assert np.allclose(photo_features(predictor, images[:1]), f[:1], atol=1e-5)  # one at a time: the same
+    assert not any(m._forward_hooks for m in predictor.model.modules())  # no hook left behind
+
+
+def test_diverse_suggest_puts_its_picks_first_then_the_rest_by_score(tiny_run: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    _photos(tmp_path / "photos")
+    assert main(["suggest", str(tiny_run), str(tmp_path / "photos"), "--top", "2", "--out", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 0
+    assert "the first 2: uncertain photos of 2 different kinds (--pick diverse)" in capsys.readouterr().out
+    rows = _rows(tmp_path / "o" / RANKING_FILE)
+    assert [r["rank"] for r in rows] == ["1", "2", "3"]
+    assert [r["annotation_status"] for r in rows] == ["written", "written", ""]
+    first, rest = rows[:2], rows[2:]
+    assert float(first[0]["score"]) >= float(first[1]["score"])
+    plain = suggest(tiny_run, [str(tmp_path / "photos")], tmp_path / "u", top=2, device="cpu", pick="uncertain")
+    assert {s.path.name for s in plain.ranking} == {Path(r["path"]).name for r in rows}
+    assert rest[0]["path"] not in {r["path"] for r in first}

@@ -302,6 +302,9 @@ def _add_suggest(sub: Any) -> None:
                    help="mirror: mean disagreement between the predictions for the photo and its mirror image "
                         "(default); entropy: mean normalised entropy of the probabilities; margin: mean "
                         "1 - (top1 - top2)")
+    p.add_argument("--pick", default="diverse", choices=["diverse", "uncertain"],
+                   help="diverse: the top N are chosen for uncertainty and variety together (one per group of "
+                        "similar photos among the 10 N most uncertain; default); uncertain: the N highest scores")
     p.add_argument("--threshold", type=float, default=None, help="two classes: cut-off for the pre-annotations")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass")
@@ -314,7 +317,8 @@ def _run_suggest(args: argparse.Namespace) -> int:
     from catseg.suggest import suggest
 
     report = suggest(args.run, args.inputs, args.out, top=args.top, score=args.score, labelme=_labelme_options(args),
-                     device=args.device, batch_size=args.batch_size, threshold=args.threshold, force=args.force)
+                     device=args.device, batch_size=args.batch_size, threshold=args.threshold, force=args.force,
+                     pick=args.pick)
     print(report.summary())
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA
 from PIL import Image
 
-from catseg import planner
+from catseg import plan_pretrained, planner
 from catseg.augment import AugmentedDataset, focus_crop, rare_class_ids
 from catseg.cache import CachedSample
 from catseg.classes import rare
@@ -78,7 +79,7 @@ def _fake_pretrained(config: TrainConfig, size: int, num_classes: int, repeats: 
 def _street_stats(i: object, s: object) -> planner.DataStats:
     # CamVid as measured: 367 photos 480x360, poles ~5.4 px of 480 wide, five classes under 2% of the pixels
     return planner.DataStats(367, 360, 0.036, 0.003, ["Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist"],
-                             "Pole", 5.4 / 480)
+                             "Pole", 5.4 / 480, median_long_side=480)
 
 
 @pytest.fixture
@@ -87,13 +88,31 @@ def info(tmp_path: Path):
 
 
 def test_thin_and_rare_classes_shape_the_pretrained_plan(info, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", _fake_pretrained)
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", _fake_pretrained)
     monkeypatch.setattr(planner, "data_stats", _street_stats)
     monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m"), info, info.stems(), set())
     c = plan.config
-    # 3 px / (5.4 / 480) = 267 px, so 256: poles stay about 2.9 px wide, though fewer steps fit than at 160
-    assert c.model == "smp-unet" and c.size == 256
+    # Whole photos would need 3 px / (5.4 / 480) = 267 px, so 256 (poles 2.9 px wide): instead, 256 px crops
+    # of the photos at their own 480x360 keep the poles 5.4 px wide for the cost of a 256 px step.
+    assert c.model == "smp-unet" and (c.resize, c.size, c.patch) == ("scale", 360, planner.CROP)
+    assert any(r.startswith("resize scale, shorter side 360px, crops of 256px: Pole objects") and "5.4px wide" in r
+               for r in plan.reasons)
+    assert any("about" in r and "at 256px crops in 10m" in r for r in plan.reasons)
+    assert c.class_weights == "auto" and c.oversample == 0.0  # crops are drawn anywhere in the photo
+    assert any(r.startswith("oversample off") for r in plan.reasons)
+    assert all(plan.to_json()[k] == getattr(c, k) for k in ("resize", "patch", "size"))
+    # Large photos are scaled down only as far as keeps the thin objects CROP_THIN_PX wide
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: replace(_street_stats(i, s), median_short_side=1800,
+                                                                    median_long_side=2400))
+    big = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m"), info, info.stems(), set()).config
+    assert big.resize == "scale" and big.size == round(1800 * planner.CROP_THIN_PX / (2400 * 5.4 / 480))
+    # Whole photos when asked (--resize stretch): the size that keeps poles about 3 px wide, and rare-class crops
+    monkeypatch.setattr(planner, "data_stats", _street_stats)
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m", resize="stretch"), info,
+                                 info.stems(), {"resize"})
+    c = plan.config
+    assert (c.resize, c.size, c.patch) == ("stretch", 256, 0)
     assert any("Pole objects are typically" in r for r in plan.reasons)
     assert c.class_weights == "auto" and c.oversample == planner.OVERSAMPLE
     assert any(r.startswith("oversample 0.33") and "Bicyclist" in r for r in plan.reasons)
@@ -115,7 +134,7 @@ def test_thin_classes_raise_the_unet_floor(info, monkeypatch: pytest.MonkeyPatch
 
 def test_pets_keep_their_plan(info, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two classes, big objects: no floor, no oversampling (the sizes are pinned in test_planner)."""
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", _fake_pretrained)
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", _fake_pretrained)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38, [], "pet", 0.4))
     monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m"), info, info.stems(), set())
@@ -164,7 +183,7 @@ def test_real_camvid_statistics(tmp_path: Path) -> None:
     assert info.background is None and stats.thin_class == "Pole"
     assert stats.rare_classes == ["Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist"]
     assert 4.5 / 480 < stats.thin_width < 6.5 / 480  # poles: 5-5.6 px wide (area-weighted) in 480 px photos
-    assert planner.thin_floor(stats, planner.PRETRAINED_SIZES)[0] in (256, 288)  # depending on the masks sampled
+    assert planner.thin_floor(stats, plan_pretrained.PRETRAINED_SIZES)[0] in (256, 288)  # depending on the masks sampled
 
 
 def test_a_mask_of_one_class_has_a_finite_width() -> None:
@@ -183,4 +202,4 @@ def test_real_pets_get_no_floor_and_no_oversampling(tmp_path: Path) -> None:
     info = read_dataset(tmp_path / "pets")
     stats = planner.data_stats(info, info.stems())
     assert info.background == 0 and stats.rare_classes == [] and stats.thin_width > 0.3  # pets fill their photos
-    assert planner.thin_floor(stats, planner.PRETRAINED_SIZES) == (planner.PRETRAINED_SIZES[0], "")
+    assert planner.thin_floor(stats, plan_pretrained.PRETRAINED_SIZES) == (plan_pretrained.PRETRAINED_SIZES[0], "")

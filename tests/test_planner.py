@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_tiny_dataset
 
-from catseg import planner
+from catseg import plan_pretrained, planner
 from catseg.config import TrainConfig
 from catseg.data import read_dataset
 
@@ -131,7 +131,7 @@ def _fake_pretrained(config: TrainConfig, size: int, num_classes: int, repeats: 
 
 def test_auto_plans_the_pretrained_model_when_enough_steps_fit(info, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", _fake_pretrained)
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", _fake_pretrained)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
     monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
     sizes = {}
@@ -141,7 +141,7 @@ def test_auto_plans_the_pretrained_model_when_enough_steps_fit(info, monkeypatch
         assert (c.model, c.encoder, c.encoder_weights) == ("smp-unet", "efficientnet-lite0", "imagenet")
         assert plan.to_json()["model"] == "smp-unet" and any("ImageNet-pretrained" in r for r in plan.reasons)
         sizes[budget] = c.size
-    assert sizes["2m"] == planner.PRETRAINED_SIZES[0] and sizes["2m"] <= sizes["10m"] <= sizes["1h"]
+    assert sizes["2m"] == plan_pretrained.PRETRAINED_SIZES[0] and sizes["2m"] <= sizes["10m"] <= sizes["1h"]
     assert sizes["1h"] <= 320  # never beyond the photos' own size (median shorter side 333 px)
 
 
@@ -149,7 +149,7 @@ def test_the_pretrained_plan_narrows_the_decoder_unless_one_is_given(info, monke
     def speed(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
         return _fake_pretrained(config, size, num_classes) * (2.0 if config.decoder_width in (0, 256) else 1.0)
 
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", speed)
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", speed)
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
     monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
@@ -165,7 +165,7 @@ def test_the_pretrained_plan_narrows_the_decoder_unless_one_is_given(info, monke
     assert unet.config.decoder_width == 0  # the from-scratch UNet has no such option
     config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r"))  # no budget: smp's own decoder
     assert config.decoder_width == 0 and not any("decoder width" in n for n in notes)
-    many = planner._plan_pretrained(TrainConfig(dataset="d", out="r", model="smp-unet", time_budget="2m"),
+    many = plan_pretrained.plan_pretrained(TrainConfig(dataset="d", out="r", model="smp-unet", time_budget="2m"),
                                     planner.DataStats(240, 333, 0.38, 0.38), 120.0, {"model"}, [],
                                     num_classes=planner.PRETRAINED_NARROW_MAX_CLASSES + 1, fallback=False)
     assert many.config.decoder_width == 0  # 11 classes through 8 channels scored far lower on CamVid
@@ -179,7 +179,7 @@ def test_on_a_bf16_cpu_the_pretrained_plan_keeps_the_faster_precision(info, monk
         faster = (config.precision == "fp32") == fp32_faster
         return _fake_pretrained(config, size, num_classes) * (0.8 if faster else 1.0)
 
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", speed)
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", speed)
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
     monkeypatch.setattr(planner, "resolve_device", lambda device: torch.device("cpu"))
     monkeypatch.setattr(planner, "resolve_precision",  # a CPU with bf16: auto means bf16 autocast
@@ -200,7 +200,7 @@ def test_on_a_bf16_cpu_the_pretrained_plan_keeps_the_faster_precision(info, monk
 
 def test_auto_falls_back_to_the_unet_when_the_pretrained_model_is_too_slow(info, monkeypatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", lambda *a, **k: 5.0)  # a very slow machine
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", lambda *a, **k: 5.0)  # a very slow machine
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
     monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="2m"), info, info.stems(), set())
@@ -209,7 +209,7 @@ def test_auto_falls_back_to_the_unet_when_the_pretrained_model_is_too_slow(info,
 
 def test_auto_without_the_weights_wheel_plans_the_unet(info, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", lambda *a, **k: pytest.fail("must not measure"))
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", lambda *a, **k: pytest.fail("must not measure"))
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
     monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": False})
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m"), info, info.stems(), set())
@@ -219,7 +219,7 @@ def test_auto_without_the_weights_wheel_plans_the_unet(info, monkeypatch: pytest
 
 def test_explicit_unet_is_planned_exactly_as_before(info, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", lambda *a, **k: pytest.fail("must not measure"))
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", lambda *a, **k: pytest.fail("must not measure"))
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(300, 400, 0.3, 0.4))
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", model="unet", time_budget="20m"), info,
                                  info.stems(), {"model"})
@@ -240,7 +240,7 @@ def test_resolve_auto_without_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_pretrained_measurement_is_real() -> None:
     config = TrainConfig(dataset="d", out="r", model="smp-unet", encoder="efficientnet-lite0", batch_size=2,
                          precision="fp32")
-    assert 0 < planner.pretrained_seconds_per_step(config, 64, 2, repeats=1) < 30
+    assert 0 < plan_pretrained.pretrained_seconds_per_step(config, 64, 2, repeats=1) < 30
 
 
 def test_unet_options_with_auto_mean_the_unet(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,7 +258,7 @@ def test_auto_keeps_the_encoder_options_it_is_given(info, monkeypatch: pytest.Mo
     assert (config.model, config.encoder, config.encoder_weights) == ("smp-unet", "efficientnet-lite0", "none")
     config, _ = planner.resolve_auto(TrainConfig(dataset="d", out="r", encoder="resnet18"))
     assert (config.model, config.encoder, config.encoder_weights) == ("smp-unet", "resnet18", "none")
-    monkeypatch.setattr(planner, "pretrained_seconds_per_step", _fake_pretrained)
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", _fake_pretrained)
     monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
     plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m", encoder_weights="none"),
                                  info, info.stems(), {"encoder_weights"})

@@ -154,7 +154,7 @@ def test_flip_tta_is_mirror_symmetric_and_averages(tiny_run: Path) -> None:
 
 
 def test_class_names_cannot_steer_output_paths(tiny_run: Path, tmp_path: Path) -> None:
-    from catseg.predict import _output_paths
+    from catseg.photo_files import output_paths as _output_paths
 
     plan = _output_paths([tmp_path / "a.png"], tmp_path / "out", ["prob"], ["background", "../../etc/x", "cat/dog"])
     paths = plan[tmp_path / "a.png"]["prob"]

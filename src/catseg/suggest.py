@@ -51,7 +51,8 @@ from catseg.annotate import (
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes
 from catseg.images import read_image
-from catseg.predict import Predictor, _check_readable, _output_paths, expand_inputs
+from catseg.photo_files import check_readable, expand_inputs, output_paths
+from catseg.predict import Predictor
 from catseg.preprocess import model_input, resize_image
 
 log = logging.getLogger(__name__)
@@ -229,12 +230,12 @@ def suggest(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path | No
     if problems:
         raise CatsegError("bad suggest options", problems)
     files = expand_inputs(inputs)
-    _check_readable(files)
+    check_readable(files)
     out = _out_dir(inputs, out_dir)
     ranking_file = out / RANKING_FILE
     _check_ranking_file(ranking_file)
     predictor = Predictor.from_run(run_dir, device=device, tta=False if score == "mirror" else None)
-    _output_paths(files, out, ["labelme"], predictor.classes)  # refuses photos whose JSONs would share a name
+    output_paths(files, out, ["labelme"], predictor.classes)  # refuses photos whose JSONs would share a name
     labels_txt = check_labels_file(out, predictor.classes, force, predictor.background) if top else None
 
     ranking, features = _rank(predictor, files, score, batch_size, threshold, variety=pick == "diverse" and top > 0)

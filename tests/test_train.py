@@ -146,6 +146,29 @@ def test_three_classes_and_time_budget(tmp_path: Path) -> None:
     assert 1 <= result.epochs < 1000  # the budget, not --epochs, ended training
 
 
+def test_time_budget_keeps_time_for_the_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The finish (TTA and clean-up chosen on validation) runs after the loop: its time comes out of the budget,
+    about FINISH_VALIDATIONS validations, so a budget ends the whole command in about that time."""
+    import re
+    import time
+
+    from catseg import train
+
+    real = train.validate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validate", slow)
+    data = make_tiny_dataset(tmp_path / "d")
+    with caplog.at_level("DEBUG", logger="catseg.train"):
+        fit(_config(data, tmp_path / "run", time_budget="5s", epochs=1000))
+    kept = [float(m.group(1)) for r in caplog.records if (m := re.match(r"([0-9.]+)s of the budget kept", r.getMessage()))]
+    assert len(kept) == 1 and kept[0] >= train.FINISH_VALIDATIONS * 0.4
+
+
 def test_class_weights_count_must_match(tmp_path: Path, tiny_dataset: Path) -> None:
     with pytest.raises(CatsegError, match="2 classes"):
         fit(_config(tiny_dataset, tmp_path / "run", class_weights="1,2,3"))

@@ -290,11 +290,12 @@ def _run_app(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- suggest
 def _add_suggest(sub: Any) -> None:
     p = sub.add_parser("suggest", help="rank unlabelled photos by how unsure the model is; pre-annotate the top N",
-                       description="Rank photos by the model's uncertainty (most uncertain first), write the ranking "
-                                   "as suggestions.csv and labelme pre-annotations for the top N.")
+                       description="Rank photos by the model's uncertainty with the N to label next first (uncertain "
+                                   "and varied, --pick), write the ranking as suggestions.csv and labelme "
+                                   "pre-annotations for those N.")
     p.add_argument("run", type=Path, help="run folder written by `catseg train`")
     p.add_argument("inputs", nargs="+", help="unlabelled photos: files, folders or globs (quote globs)")
-    p.add_argument("--top", type=int, default=10, help="pre-annotate this many of the most uncertain photos that have "
+    p.add_argument("--top", type=int, default=10, help="pre-annotate this many photos (chosen by --pick) that have "
                                                        "no labelme JSON yet (default: 10; 0: ranking only)")
     p.add_argument("--out", type=Path, default=None, help="folder for suggestions.csv and the JSONs "
                                                           "(default: the photo folder, where labelme looks)")

@@ -166,7 +166,7 @@ def test_time_budget_keeps_time_for_the_finish(tmp_path: Path, monkeypatch: pyte
     with caplog.at_level("DEBUG", logger="catseg.train"):
         fit(_config(data, tmp_path / "run", time_budget="5s", epochs=1000))
     kept = [float(m.group(1)) for r in caplog.records if (m := re.match(r"([0-9.]+)s of the budget kept", r.getMessage()))]
-    assert len(kept) == 1 and kept[0] >= train.FINISH_VALIDATIONS * 0.4
+    assert len(kept) == 1 and kept[0] >= train.FINISH_VALIDATIONS * 0.4 - 0.05  # the log rounds to 0.1 s
 
 
 def test_class_weights_count_must_match(tmp_path: Path, tiny_dataset: Path) -> None:

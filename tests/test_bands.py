@@ -227,6 +227,19 @@ def _labelme_on_previews(folder: Path, cubes: Path, size: tuple[int, int] = (H, 
         png.with_suffix(".json").write_text(json.dumps(doc))
 
 
+def test_preview_takes_folders_and_globs_and_names_a_missing_input(tmp_path: Path) -> None:
+    from catseg.preview import write_previews
+
+    src = _source(tmp_path / "src", 4, count=4)
+    (src / "images" / "._s0.npy").write_bytes(b"macOS resource fork")  # hidden: not a cube, skipped
+    assert sorted(p.name for p in write_previews([src / "images"], tmp_path / "a")) == [f"s{i}.png" for i in range(4)]
+    assert [p.name for p in write_previews([str(src / "images" / "s1.*")], tmp_path / "b")] == ["s1.png"]
+    with pytest.raises(CatsegError) as err:
+        write_previews([src / "images" / "s0.npy", tmp_path / "nope"], tmp_path / "c")
+    assert "nope: no such file or folder" in str(err.value) and "nothing was written" in str(err.value)
+    assert not (tmp_path / "c").exists()
+
+
 def test_convert_pairs_labelme_json_on_previews_with_the_cubes(tmp_path: Path) -> None:
     src = _source(tmp_path / "src", 4)
     _labelme_on_previews(tmp_path / "ann", src / "images")

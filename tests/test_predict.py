@@ -99,13 +99,14 @@ def test_predict_refuses_to_overwrite(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_inputs_globs_and_errors(tmp_path: Path) -> None:
-    for name in ("a.jpg", "b.png", "notes.txt"):
+    for name in ("a.jpg", "b.png", "notes.txt", "._a.jpg"):  # ._a.jpg: a macOS resource fork, not a photo
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in expand_inputs([str(tmp_path / "*.jpg")])] == ["a.jpg"]
     assert [p.name for p in expand_inputs([str(tmp_path)])] == ["a.jpg", "b.png"]
     with pytest.raises(CatsegError) as info:
         expand_inputs([str(tmp_path / "missing.jpg"), str(tmp_path / "*.gif")])
     assert "missing.jpg: no such file" in str(info.value) and "matches no file" in str(info.value)
+    assert "nothing was written" in str(info.value)
 
 
 def test_bad_format_and_clashing_names(tiny_run: Path, tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ def expand_inputs(inputs: Iterable[str], extensions: Sequence[str] = IMAGE_EXTEN
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions
+                           and not p.name.startswith("."))  # hidden files (macOS ._x.jpg) are not photos
             if not found:
                 problems.append(f"{path}: folder holds no images ({', '.join(extensions)})")
             files.extend(found)
@@ -36,7 +37,7 @@ def expand_inputs(inputs: Iterable[str], extensions: Sequence[str] = IMAGE_EXTEN
         else:
             problems.append(f"{item}: no such file or folder")
     if problems:
-        raise CatsegError("cannot read the inputs", problems)
+        raise CatsegError("cannot read the inputs; nothing was written", problems)
     return files
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from catseg.bands import BAND_EXTENSIONS, false_colour, png_bytes, read_bands
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes
+from catseg.photo_files import expand_inputs
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +36,11 @@ def parse_bands(text: str | None) -> list[int] | None:
     return bands * 3 if len(bands) == 1 else bands
 
 
-def _inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    files, problems = [], []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in _INPUTS
-                           and not p.name.startswith("."))
-            files += found
-            problems += [] if found else [f"{item}: holds no band images ({', '.join(_INPUTS)})"]
-        elif item.is_file():
-            files.append(item)
-        else:
-            problems.append(f"{item}: no such file or folder")
-    if problems:
-        raise CatsegError("catseg preview: cannot read the inputs; nothing was written", problems)
-    return files
-
-
 def write_previews(inputs: Sequence[str | Path], out_dir: str | Path, bands: Sequence[int] | None = None,
                    channel_axis: str | None = None, force: bool = False) -> list[Path]:
     """Write OUT/<stem>.png, a false-colour picture of `bands` (default: long, middle and short wavelengths),
     for every band image in `inputs` (files or folders); return the written paths."""
-    files = _inputs(inputs)
+    files = expand_inputs([str(i) for i in inputs], _INPUTS)
     out_dir = Path(out_dir)
     targets = [out_dir / f"{f.stem}.png" for f in files]
     clash = [t for t in targets if t.resolve() in {f.resolve() for f in files}]

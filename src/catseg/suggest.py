@@ -183,25 +183,29 @@ def diverse_pick(scores: Sequence[float], features: np.ndarray, k: int, pool: in
     rng = np.random.default_rng(seed)
     centres = [x[int(np.argmax(w))]]  # the start: the most uncertain photo, then k-means++ draws
     for _ in range(1, k):
-        d2 = np.min(((x[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
-        p = w * d2
+        p = w * _squared_distances(x, np.asarray(centres)).min(axis=1)
         centres.append(x[int(rng.choice(len(x), p=p / p.sum()))] if p.sum() > 0 else x[len(centres)])
     c = np.asarray(centres)
     for _ in range(iterations):
-        assign = ((x[:, None, :] - c[None]) ** 2).sum(-1).argmin(1)
+        assign = _squared_distances(x, c).argmin(1)
         moved = np.array([(w[assign == j, None] * x[assign == j]).sum(0) / w[assign == j].sum()
                           if (assign == j).any() else c[j] for j in range(k)])
         if np.allclose(moved, c):
             break
         c = moved
     picked: list[int] = []
-    dist = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    dist = _squared_distances(x, c)
     for j in range(k):
         for i in np.argsort(dist[:, j], kind="stable"):  # the member nearest this centre not taken yet
             if int(cand[i]) not in picked:
                 picked.append(int(cand[i]))
                 break
     return sorted(picked, key=lambda i: (-scores[i], i))
+
+
+def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Return (len(x), len(centres)) squared Euclidean distances."""
+    return ((x[:, None, :] - centres[None]) ** 2).sum(-1)
 
 
 # ----------------------------------------------------------------------------- the stage

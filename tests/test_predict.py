@@ -43,6 +43,22 @@ def test_threshold_overrides_the_stored_one(tiny_run: Path) -> None:
         predictor.labels_from_proba(probs, 1.5)
 
 
+def test_a_read_only_photo_at_the_working_size_predicts_without_a_warning(tiny_run: Path) -> None:
+    """np.asarray(PIL image) is read-only; at the working size it reaches torch unresized, and torch warns
+    about (and would write through) memory it may not write: the photo is copied instead."""
+    import warnings
+
+    predictor = Predictor.from_run(tiny_run, device="cpu")
+    side = predictor.pre.size
+    photo = _photo(side, side)
+    photo.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probs = predictor.predict_proba(photo)
+    assert probs.shape == (2, side, side)
+    assert np.array_equal(photo, _photo(side, side))
+
+
 def test_batch_equals_single(tiny_run: Path) -> None:
     predictor = Predictor.from_run(tiny_run, device="cpu", precision="fp32")
     photos = [_photo(30, 41, 1), _photo(64, 20, 2)]

@@ -120,8 +120,8 @@ class Preprocess:
         """Return working-scale logits (K, h, w) for each (H, W, C) uint8 photo of any size."""
         resized = [self.resize_photo(photo, size) for photo in photos]
         if self.whole_image:  # every photo is the same square: one batch
-            return list(self.logits(forward, torch.from_numpy(model_input(np.stack(resized))).to(device)))
-        return [self.logits(forward, torch.from_numpy(model_input(r[None])).to(device))[0] for r in resized]
+            return list(self.logits(forward, _tensor(model_input(np.stack(resized))).to(device)))
+        return [self.logits(forward, _tensor(model_input(r[None])).to(device))[0] for r in resized]
 
     def windows(self, height: int, width: int) -> int:
         """Return how many forward passes cover a working-size image (1 under stretch)."""
@@ -144,6 +144,12 @@ def model_input(images: np.ndarray) -> np.ndarray:
     """Return images as the loader hands them to torch: uint8 photos as they are, band images as float32
     (after cropping or resizing, so only model-sized arrays are ever expanded)."""
     return images if images.dtype == np.uint8 else np.asarray(images, dtype=np.float32)
+
+
+def _tensor(images: np.ndarray) -> torch.Tensor:
+    """Return a tensor over images; a read-only array (np.asarray of a PIL image, the caller's photo passed
+    through unresized) is copied, since torch cannot share memory it may not write."""
+    return torch.from_numpy(images if images.flags.writeable else images.copy())
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

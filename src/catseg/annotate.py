@@ -27,7 +27,8 @@ from PIL import Image
 
 from catseg.errors import CatsegError
 from catseg.images import exif_orientation, open_image
-from catseg.labelme import BACKGROUND_LABEL, IGNORE_ID, IGNORE_LABEL, _image_grid, _stored_image, read_labels_file
+from catseg.labelme import BACKGROUND_LABEL, IGNORE_ID, IGNORE_LABEL, _stored_image, read_labels_file
+from catseg.labelme_image import image_grid
 
 # The labelme file format written (the one `catseg demo` writes); labelme 4 to 6 open it.
 LABELME_VERSION = "5.5.0"
@@ -197,7 +198,7 @@ def labelme_document(photo: str | Path, json_path: str | Path, mask: np.ndarray,
     catseg reads it, EXIF orientation applied), to be saved at `json_path`."""
     photo, json_path = Path(photo), Path(json_path)
     data = photo.read_bytes()
-    (height, width), keep_raw = _image_grid(data, str(photo), embedded=False)
+    (height, width), keep_raw = image_grid(data, str(photo), embedded=False)
     if keep_raw:  # labelme shows this format unrotated: turn the mask back onto its pixels
         orientation = exif_orientation(open_image(data, str(photo), decode=False))
         mask = np.asarray(Image.fromarray(mask).transpose(_UNDO_ORIENTATION[orientation]))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from catseg.bands import BAND_EXTENSIONS, band_header, dataset_axis, is_band_file
+from catseg.check_text import class_table, figure_lines
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, image_files_by_stem, read_dataset
 from catseg.errors import CatsegError
@@ -105,8 +106,8 @@ class CheckReport:
         """Return the report as text for a person: figures, a class table, then errors and warnings."""
         lines = [f"dataset   {self.root}"]
         if self.classes:
-            lines += _figure_lines(self)
-            lines += ["", *_class_table(self)]
+            lines += figure_lines(self)
+            lines += ["", *class_table(self)]
         for title, items in (("errors", self.errors), ("warnings", self.warnings)):
             if items:
                 lines += ["", f"{title} ({len(items)}):"]
@@ -394,45 +395,3 @@ def _warn_tiny_objects(report: CheckReport) -> None:
 def _names(items: list[str]) -> str:
     shown = ", ".join(items[:_LISTED])
     return shown + (f" (+{len(items) - _LISTED} more)" if len(items) > _LISTED else "")
-
-
-# ----------------------------------------------------------------------------- text
-def _figure_lines(report: CheckReport) -> list[str]:
-    lines = [f"images    {report.num_images} in images/, {report.num_masks} masks, {report.num_pairs} pairs, "
-             f"{report.num_usable} usable"]
-    if report.width and report.height:
-        lines.append(f"width     {report.width.min}-{report.width.max} px (median {report.width.median:g})")
-        lines.append(f"height    {report.height.min}-{report.height.max} px (median {report.height.median:g})")
-    if report.modes:
-        modes = ", ".join(f"{m} {n}" for m, n in sorted(report.modes.items(), key=lambda kv: (-kv[1], kv[0])))
-        lines.append(f"modes     {modes}" + ("" if report.channels else " (all read as RGB)"))
-    if report.channels:
-        block = report.channels
-        lines.append(f"bands     {block['count']} of {block['dtype']}; mean {_span(block['mean'])}, std "
-                     f"{_span(block['std'])} (of {block.get('statistics_of', 'the images')}; training re-measures "
-                     "them on its training split)")
-    total = report.labelled_pixels + report.ignore_pixels
-    if total:
-        lines.append(f"pixels    {total} in usable masks, {report.ignore_pixels / total:.2%} ignore "
-                     f"({report.ignore_index})")
-    if report.median_object_fraction is not None:
-        lines.append(f"objects   median {report.median_object_fraction:.2%} of the image "
-                     "(one object = one class in one image)")
-    if report.classes:
-        lines.append(f"background class {report.background} {report.classes[report.background]!r}"
-                     if report.background is not None else
-                     f"background none: class 0 {report.classes[0]!r} is a class like the others (if it is "
-                     "background, add \"background\": 0 to dataset.json)")
-    return lines
-
-
-def _span(values: list[float]) -> str:
-    return f"{min(values):.4g}" if min(values) == max(values) else f"{min(values):.4g}-{max(values):.4g}"
-
-
-def _class_table(report: CheckReport) -> list[str]:
-    width = max(5, *(len(c) for c in report.classes))
-    lines = [f"  {'id':>3}  {'class':<{width}}  {'pixels':>7}  {'images':>6}"]
-    for cid, (name, share, n) in enumerate(zip(report.classes, report.class_fractions, report.class_images)):
-        lines.append(f"  {cid:>3}  {name:<{width}}  {share:>7.2%}  {n:>6}")
-    return lines

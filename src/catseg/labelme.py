@@ -10,13 +10,11 @@ In dataset.json, class 0 is called "background".
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +31,6 @@ from catseg.bands import (
 from catseg.data import DatasetWriter, dataset_json, iter_files, provenance
 from catseg.errors import CatsegError
 from catseg.images import (
-    IMAGE_EXTENSIONS,
-    exif_orientation,
     image_bytes_for_dataset,
     mask_png_bytes,
     open_image,
@@ -42,6 +38,7 @@ from catseg.images import (
     to_rgb_array,
     voc_colormap,
 )
+from catseg.labelme_image import image_bytes, image_grid
 from catseg.shapes import Invalid, patch_problem, shape_problem, shapes_to_mask
 
 log = logging.getLogger(__name__)
@@ -49,8 +46,6 @@ log = logging.getLogger(__name__)
 IGNORE_LABEL = "__ignore__"
 BACKGROUND_LABEL = "_background_"
 IGNORE_ID = 255
-# Formats whose Pillow reader has `_getexif`, the only ones labelme rotates by their EXIF orientation.
-_LABELME_EXIF_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
 
 
 @dataclass
@@ -88,7 +83,7 @@ class _Source:
     embedded: bool = False
     image_name: str = ""
     size: tuple[int, int] = (0, 0)  # (height, width) of the grid labelme drew on
-    keep_raw: bool = False  # store the unrotated pixels (see _image_grid)
+    keep_raw: bool = False  # store the unrotated pixels (see labelme_image.image_grid)
     problem: str | None = None  # why it cannot be converted; None when valid
 
 
@@ -171,57 +166,13 @@ def _shapes_problems(shapes: list[Any], label_to_id: dict[str, int]) -> list[str
     return problems
 
 
-def _image_bytes(path: Path, doc: dict[str, Any]) -> tuple[bytes, str, bool]:
-    """Return (bytes, name, embedded): the file at imagePath, else the JSON's embedded imageData."""
-    image_path = doc.get("imagePath")
-    candidate = None
-    if isinstance(image_path, str) and image_path:
-        candidate = path.parent / PureWindowsPath(image_path).as_posix()  # labelme on Windows writes "\\"
-    if candidate is not None and candidate.is_file():
-        if candidate.suffix.lower() not in IMAGE_EXTENSIONS:
-            # imagePath is untrusted: convert reads image files only, never e.g. imagePath "../../.ssh/id_rsa"
-            raise Invalid(f"its imagePath {image_path!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)}); "
-                          "point it at the photo that was annotated")
-        try:
-            return candidate.read_bytes(), str(candidate), False
-        except OSError as exc:
-            raise Invalid(f"cannot read its image {candidate} ({exc})") from exc
-    if isinstance(doc.get("imageData"), str) and doc["imageData"]:
-        try:
-            return base64.b64decode(doc["imageData"]), f"{path} imageData", True
-        except (binascii.Error, ValueError) as exc:
-            raise Invalid("its imageData is not valid base64; re-save it in labelme") from exc
-    where = f"image {candidate} not found" if candidate is not None else "no imagePath"
-    raise Invalid(f"{where} and no imageData embedded; put the image there (imagePath is relative to the "
-                   "JSON file) or save the JSON with image data in labelme")
-
-
-def _image_grid(data: bytes, name: str, embedded: bool) -> tuple[tuple[int, int], bool]:
-    """Return ((height, width) of the pixels labelme annotated, keep_raw).
-
-    labelme rotates an image file by its EXIF orientation only for JPEG/PNG/WebP, and never rotates
-    embedded imageData. keep_raw is True when a reader that honours the tag (catseg's loader) would
-    rotate pixels that labelme did not, so the raw pixels must be stored without the tag.
-    """
-    try:
-        image = open_image(data, name)
-    except CatsegError as exc:
-        raise Invalid(str(exc)) from exc
-    orientation = exif_orientation(image)
-    if orientation == 1:
-        return (image.height, image.width), False
-    if embedded or image.format not in _LABELME_EXIF_FORMATS:
-        return (image.height, image.width), True
-    return ((image.width, image.height) if orientation in (5, 6, 7, 8) else (image.height, image.width)), False
-
-
 def _check_source(source: _Source, label_to_id: dict[str, int]) -> None:
     """Check one labelme file completely (shapes, labels, image, size); raise Invalid naming all problems."""
     shapes = source.doc["shapes"]
     problems = _shapes_problems(shapes, label_to_id)
     try:
-        data, source.image_name, source.embedded = _image_bytes(source.path, source.doc)
-        source.size, source.keep_raw = _image_grid(data, source.image_name, source.embedded)
+        data, source.image_name, source.embedded = image_bytes(source.path, source.doc)
+        source.size, source.keep_raw = image_grid(data, source.image_name, source.embedded)
     except Invalid as exc:
         problems.append(str(exc))
     else:
@@ -294,7 +245,7 @@ def _overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndar
 def _write_source(writer: DatasetWriter, source: _Source, label_to_id: dict[str, int], viz: bool) -> None:
     try:
         doc = _read_doc(source.path) if source.embedded else source.doc
-        data, name, _ = _image_bytes(source.path, doc)
+        data, name, _ = image_bytes(source.path, doc)
     except Invalid as exc:  # it was fine when checked
         raise CatsegError(f"{source.path}: changed during the conversion ({exc}); run it again.") from exc
     stored, ext = _stored_image(data, name, source.keep_raw)

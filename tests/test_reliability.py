@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 import catseg.files
 import catseg.train
+import catseg.train_setup
 from catseg.cli import main
 from catseg.config import TrainConfig
 from catseg.errors import CatsegError
@@ -325,7 +326,7 @@ def test_an_unknown_model_is_reported_before_any_photo_is_decoded(tmp_path: Path
     def no_decoding(*a: object, **k: object) -> None:
         raise AssertionError("decoded the dataset before checking the model")
 
-    monkeypatch.setattr(catseg.train, "cache_samples", no_decoding)
+    monkeypatch.setattr(catseg.train_setup, "cache_samples", no_decoding)
     with pytest.raises(CatsegError, match="unet"):  # the message lists the models there are
         fit(_config(tiny_dataset, tmp_path / "run", model="unet3000"))
     assert not (tmp_path / "run").exists()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,6 @@ def test_time_budget_keeps_time_for_the_finish(tmp_path: Path, monkeypatch: pyte
     """The finish (TTA and clean-up chosen on validation) runs after the loop: its time comes out of the budget,
     about FINISH_VALIDATIONS validations, so a budget ends the whole command in about that time."""
     import re
-    import time
 
     from catseg import train
 
@@ -167,6 +167,36 @@ def test_time_budget_keeps_time_for_the_finish(tmp_path: Path, monkeypatch: pyte
         fit(_config(data, tmp_path / "run", time_budget="5s", epochs=1000))
     kept = [float(m.group(1)) for r in caplog.records if (m := re.match(r"([0-9.]+)s of the budget kept", r.getMessage()))]
     assert len(kept) == 1 and kept[0] >= train.FINISH_VALIDATIONS * 0.4 - 0.05  # the log rounds to 0.1 s
+
+
+def test_resume_keeps_the_finish_reserve_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reserve is taken after epoch 1; a run resumed later still keeps it aside, so that a resumed budget
+    does not overrun by the finish."""
+    from catseg import train
+
+    real_validate, real_clock = train.validate, train._start_clock
+
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validate", slow)
+    data, out = make_tiny_dataset(tmp_path / "d"), tmp_path / "run"
+    fit(_config(data, out, time_budget="3s", epochs=1000))
+    saved = torch.load(out / "train_state.pt", weights_only=True)["finish_reserve"]
+    assert saved >= train.FINISH_VALIDATIONS * 0.4 - 0.05
+    clocks = []
+
+    def spy(config, started, elapsed_before, steps_per_epoch, reserve=0.0):
+        clock = real_clock(config, started, elapsed_before, steps_per_epoch, reserve)
+        clocks.append((started, elapsed_before, reserve, clock))
+        return clock
+
+    monkeypatch.setattr(train, "_start_clock", spy)
+    fit(TrainConfig(dataset=str(data), out=str(out), resume=True))
+    (started, elapsed_before, reserve, clock), = clocks
+    assert reserve == pytest.approx(saved)
+    assert clock.deadline == pytest.approx(started + 3.0 - elapsed_before - saved)
 
 
 def test_class_weights_count_must_match(tmp_path: Path, tiny_dataset: Path) -> None:

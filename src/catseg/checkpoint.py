@@ -51,6 +51,7 @@ def resume(training: Training, state: dict[str, Any]) -> float:
     t.epoch, t.step, t.batch = int(state["epoch"]), int(state["step"]), int(state.get("batch", 0))
     t.history, t.best = list(state["history"]), BestEpoch.from_json(dict(state["best"]))
     t.val_seconds = float(state.get("val_seconds", 0.0))
+    t.finish_reserve = float(state.get("finish_reserve", 0.0))  # the resumed clock keeps it aside again
     t.window = type(t.window)(**state.get("window", {}))
     saved_world = int(state.get("world", 1))
     if saved_world != t.dist.world:
@@ -86,7 +87,7 @@ def write_checkpoint(t: Training) -> None:
         "model": model_state, "optimizer": t.optimizer.state_dict(),
         "scaler": t.ctx.scaler.state_dict() if t.ctx.scaler is not None else {},
         "epoch": t.epoch, "step": t.step, "batch": t.batch, "elapsed": t.clock.elapsed(),
-        "val_seconds": t.val_seconds, "window": asdict(t.window), "history": t.history, "best": t.best.to_json(),
+        "val_seconds": t.val_seconds, "finish_reserve": t.finish_reserve, "window": asdict(t.window), "history": t.history, "best": t.best.to_json(),
         "rng": rng_state(), "replaces": str(t.replaces) if t.replaces else "", "world": t.dist.world})
     t.last_checkpoint = time.perf_counter()
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,21 +19,21 @@ import numpy as np
 import torch
 
 from catseg import checkpoint
-from catseg.augment import AugmentedDataset, cache_side, rare_class_ids, seed_worker
-from catseg.cache import (CachedSample, band_preprocess, cache_fits_in_memory, cache_samples,
-                          with_train_statistics)
+from catseg.augment import AugmentedDataset, rare_class_ids, seed_worker
+from catseg.cache import CachedSample, band_preprocess, with_train_statistics
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, choose_split, read_dataset
 from catseg.distributed import Dist, session
 from catseg.errors import CatsegError
 from catseg.hardware import (Forward, default_workers, intra_op_threads, precision_name, resolve_device,
                              resolve_precision)
-from catseg.losses import SegmentationLoss, class_weights_from_frequency
-from catseg.models import create_model, load_weights, model_kwargs, preprocessing_for
-from catseg.planner import plan_training, resolve_auto
+from catseg.losses import SegmentationLoss
+from catseg.models import load_weights, model_kwargs, preprocessing_for
+from catseg.planner import resolve_auto
 from catseg.preprocess import Preprocess
 from catseg.run import WEIGHTS, BestEpoch, RunConfig, RunFolder, prepare_run_dir, replace_run, versions
 from catseg.steps import Clock, StepContext, grown_size, learning_rate, param_groups, timed_batches, train_step
+from catseg.train_setup import class_weights, decoded, new_model, plan
 from catseg.validation import choose_finish, validate
 
 log = logging.getLogger(__name__)
@@ -118,6 +116,7 @@ class Training:
     stop_signal: int = 0  # SIGINT or SIGTERM received: checkpoint after this step and stop
     replaces: Path | None = None  # --force: the old run folder this one replaces when it has finished
     resume_rng: dict[str, Any] | None = None  # RNG states to restore once the skipped batches are drawn
+    finish_reserve: float = 0.0  # seconds of the time budget kept for the finish (taken after epoch 1)
     dist: Dist = field(default_factory=Dist)  # the processes training together (catseg.distributed)
     train_ctx: StepContext | None = None  # ctx with the DistributedDataParallel forward; None: ctx itself
 
@@ -155,7 +154,7 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
         config, state = checkpoint.load_resume(Path(config.out), config)
     info = read_dataset(config.dataset)
     train_stems, val_stems = choose_split(info, config)
-    config, plan_doc = dist.main_decides(lambda: _plan(config, info, train_stems))
+    config, plan_doc = dist.main_decides(lambda: plan(config, info, train_stems))
     config, notes = resolve_auto(config)
     for note in notes:
         log.info("%s", note)
@@ -167,14 +166,14 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
     pre = Preprocess(config.size, config.resize, config.patch, tuple(norm["mean"]), tuple(norm["std"]))
     pre = band_preprocess(pre, info)  # band images: per-band statistics instead of the model's RGB ones
     # an unknown model or encoder fails here, before decoding
-    model = _new_model(config, info, kwargs, device, pre.channels)
+    model = new_model(config, info, kwargs, device, pre.channels)
     # nothing of an old run is touched before this point; rank 0 decides, the others learn its answer
     run_dir, replaces = dist.main_decides(lambda: prepare_run_dir(config))
     if state is not None:
         replaces = Path(state["replaces"]) if state.get("replaces") else None
     threads = (intra_op_threads(workers, dist.local_world) if device.type == "cpu"
                else contextlib.nullcontext(torch.get_num_threads()))
-    with threads as used_threads, _decoded(info, config, pre, train_stems, val_stems, dist.local_world) as (
+    with threads as used_threads, decoded(info, config, pre, train_stems, val_stems, dist.local_world) as (
             train_cache, val_cache):
         pre = with_train_statistics(pre, train_cache)
         run_config = RunConfig(
@@ -196,7 +195,8 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
         if training._per_rank < 2:
             raise CatsegError(f"{info.root}: {len(training.dataset)} training images for {dist.world} processes: each "
                               "needs at least 2. Start fewer processes.")
-        training.clock = dist.clock(_start_clock(config, started, elapsed_before, training.steps_per_epoch))
+        training.clock = dist.clock(_start_clock(config, started, elapsed_before, training.steps_per_epoch,
+                                                 training.finish_reserve))
         training.ctx.model.train()
         if training.clock.finished(training.step) and training.epoch == 0:
             log.warning("the time budget was spent before training started (decoding and set-up took %.0fs); "
@@ -215,50 +215,11 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
 
 
 # ----------------------------------------------------------------------------- set up
-def _plan(config: TrainConfig, info: DatasetInfo, train_stems: list[str]) -> tuple[TrainConfig, dict[str, Any]]:
-    """Return the settings the planner chose for --time-budget (unchanged without one) and its record."""
-    if not config.time_budget or config.no_plan or config.resume:
-        return config, {}
-    plan = plan_training(config, info, train_stems, set(config.given))
-    for reason in plan.reasons:
-        log.info("plan: %s", reason)
-    return plan.config, plan.to_json()
-
-
-@contextlib.contextmanager
-def _decoded(info: DatasetInfo, config: TrainConfig, pre: Preprocess, train_stems: list[str],
-             val_stems: list[str], processes: int = 1) -> Iterator[tuple[list[CachedSample], list[CachedSample]]]:
-    """Yield the decoded training and validation samples, in memory or memory-mapped from a temporary
-    folder that is removed afterwards, whatever happens. Each of the machine's training `processes` keeps
-    its own copy, so each may take only its share of the memory."""
-    side = cache_side(config.size, config.augment)
-    on_disk = config.cache == "disk" or (
-        config.cache == "auto" and not cache_fits_in_memory(len(train_stems) + len(val_stems), side, pre,
-                                                            share=0.5 / max(1, processes)))
-    cache_dir = Path(tempfile.mkdtemp(prefix="catseg-cache-")) if on_disk else None
-    try:
-        log.info("caching %d training and %d validation images at %dpx %s...", len(train_stems), len(val_stems),
-                 side, f"on disk in {cache_dir} " if cache_dir else "")
-        train_cache = cache_samples(info, train_stems, pre, side, disk_dir=cache_dir)
-        val_cache = cache_samples(info, val_stems, pre, disk_dir=cache_dir / "val" if cache_dir else None)
-        yield train_cache, val_cache
-    finally:
-        if cache_dir is not None:
-            shutil.rmtree(cache_dir, ignore_errors=True)
-
-
-def _new_model(config: TrainConfig, info: DatasetInfo, kwargs: dict[str, Any], device: torch.device,
-               in_channels: int = 3) -> torch.nn.Module:
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, in_channels=in_channels, num_classes=info.num_classes, **kwargs)
-    return model.to(device, memory_format=torch.channels_last)
-
-
 def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cache: list[CachedSample],
             val_cache: list[CachedSample], forward: Forward, workers: int) -> Training:
     """Return the training state before its first step: loss, optimizer, augmented data."""
     pre = folder.config.preprocess
-    weights = _class_weights(config, train_cache, info)
+    weights = class_weights(config, train_cache, info)
     loss_fn = SegmentationLoss(config.loss, info.num_classes, info.ignore_index, weights).to(forward.device)
     optimizer = torch.optim.AdamW(param_groups(forward.model, config), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if forward.dtype == torch.float16 else None
@@ -272,13 +233,15 @@ def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cac
     return Training(config, info, folder, ctx, optimizer, dataset, val_cache, workers, Clock(time.perf_counter()))
 
 
-def _start_clock(config: TrainConfig, started: float, elapsed_before: float, steps_per_epoch: int) -> Clock:
+def _start_clock(config: TrainConfig, started: float, elapsed_before: float, steps_per_epoch: int,
+                 reserve: float = 0.0) -> Clock:
     budget = config.time_budget_s
     loop_start = time.perf_counter() - elapsed_before
     if budget is None:
         return Clock(loop_start, total_steps=config.epochs * steps_per_epoch)
-    # The budget counts from the start of fit (decoding included), less what an earlier session trained.
-    return Clock(loop_start, deadline=started + budget - elapsed_before)
+    # The budget counts from the start of fit (decoding included), less what an earlier session trained and
+    # the finish's reserve when a resumed run had already set it aside.
+    return Clock(loop_start, deadline=started + budget - elapsed_before - reserve)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -357,10 +320,10 @@ def _validate_and_keep_best(t: Training) -> bool:
            "lr": t.lr, "seconds": t.epoch_seconds + time.perf_counter() - val_start, "elapsed": t.clock.elapsed()}
     t.window = _Window()
     t.history.append(row)
-    if t.epoch == 1 and t.clock.deadline is not None:
+    if t.epoch == 1 and t.clock.deadline is not None and not t.finish_reserve:
         # The finish (choose_finish: the validation photos predicted plain and mirrored, then every clean-up
         # scored) comes after the loop; keep its time inside the budget. Rank 0's figure, so every rank agrees.
-        reserve = float(t.dist.broadcast(FINISH_VALIDATIONS * val_time))
+        reserve = t.finish_reserve = float(t.dist.broadcast(FINISH_VALIDATIONS * val_time))
         t.clock.deadline -= reserve
         fits = max(1, int((t.clock.deadline - t.clock.loop_start) // max(1e-9, row["seconds"])))
         log.info("time budget %s: the first epoch (%d steps + validation) took %.1fs, so about %d epochs fit",
@@ -415,20 +378,3 @@ def _finish(t: Training, started: float) -> FitResult:
     where = replace_run(t.folder.root, t.replaces) if t.replaces is not None else t.folder.root
     return FitResult(where, t.epoch, t.best.epoch, float(t.best.val_miou), t.best.threshold,
                      time.perf_counter() - started, t.history)
-
-
-def _class_weights(config: TrainConfig, samples: Sequence[CachedSample], info: DatasetInfo) -> list[float] | None:
-    if config.class_weights == "none":
-        return None
-    if config.class_weights == "auto":
-        counts = np.zeros(info.num_classes, dtype=np.int64)
-        for s in samples:
-            counts += np.bincount(s.mask.ravel(), minlength=256)[: info.num_classes]
-        weights = class_weights_from_frequency(counts.tolist())
-        log.info("class weights (auto): %s", ", ".join(f"{n} {w:.2f}" for n, w in zip(info.classes, weights)))
-        return weights
-    weights = [float(v) for v in config.class_weights.split(",")]
-    if len(weights) != info.num_classes:
-        raise CatsegError(f"--class-weights has {len(weights)} values; the dataset has {info.num_classes} classes "
-                          f"({', '.join(info.classes)})")
-    return weights

@@ -264,3 +264,24 @@ def test_auto_keeps_the_encoder_options_it_is_given(info, monkeypatch: pytest.Mo
                                  info, info.stems(), {"encoder_weights"})
     assert (plan.config.model, plan.config.encoder_weights) == ("smp-unet", "none")
     assert any("encoder options" in r for r in plan.reasons)
+
+
+def test_a_given_patch_is_what_a_step_costs(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--size 540 --resize scale --patch 256 trains on 256 px crops: the steps are measured there, not on 540 px
+    squares (which made the pretrained model look too slow and fell back to the UNet)."""
+    measured = []
+
+    def speed(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
+        measured.append(size)
+        return _fake_pretrained(config, size, num_classes)
+
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", speed)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(367, 360, 0.036, 0.003))
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    given = {"size", "resize", "patch", "time_budget"}
+    config = TrainConfig(dataset="d", out="r", time_budget="10m", size=540, resize="scale", patch=256)
+    plan = planner.plan_training(config, info, info.stems(), given)
+    assert plan.config.model == "smp-unet" and (plan.config.size, plan.config.patch) == (540, 256)
+    assert measured and set(measured) == {256}
+    assert any("at 540px with 256px crops" in r for r in plan.reasons)

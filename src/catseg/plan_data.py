@@ -101,6 +101,12 @@ def thin_floor(stats: DataStats, sizes: Sequence[int]) -> tuple[int, str]:
                    f"{stats.thin_width * floor:.1f}px wide (aiming at {THIN_WIDTH_PX:g})")
 
 
+def step_side(config: TrainConfig, size: int) -> int:
+    """Return the side of the square one training image costs at working size `size`: the --patch crop under
+    --resize scale (given by the user), else the size itself."""
+    return min(size, config.patch) if config.patch and config.resize == "scale" else size
+
+
 def plan_rare(stats: DataStats, given: set[str], reasons: list[str], crops: bool = False) -> dict[str, Any]:
     """Return class weights and rare-class crops for a dataset with rare classes (nothing otherwise). With
     `crops` (training on crops at the photos' own scale) rare-class crops are not planned."""

@@ -17,7 +17,7 @@ from catseg.config import TrainConfig
 from catseg.hardware import Forward, resolve_device, resolve_precision
 from catseg.losses import SegmentationLoss
 from catseg.models import create_model, model_kwargs, preprocessing_for
-from catseg.plan_data import DataStats, Plan, plan_rare, thin_floor
+from catseg.plan_data import DataStats, Plan, plan_rare, step_side, thin_floor
 from catseg.preprocess import Preprocess
 from catseg.steps import StepContext, step_seconds
 
@@ -120,10 +120,11 @@ def plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given:
             sizes = [s for s in sizes if s >= floor]
             reasons.append(why)
     measured: dict[str, float] = {}
-    config = _plan_cpu_precision(config, sizes[0], num_classes, stats.channels, given, reasons, measured)
+    config = _plan_cpu_precision(config, step_side(config, sizes[0]), num_classes, stats.channels, given, reasons,
+                                 measured)
     chosen = sizes[0]
     for size in sizes:
-        seconds = pretrained_seconds_per_step(config, size, num_classes, channels=stats.channels)
+        seconds = pretrained_seconds_per_step(config, step_side(config, size), num_classes, channels=stats.channels)
         measured[f"{config.model}/{config.encoder}/{size}"] = round(seconds, 4)
         if train_seconds / seconds < PRETRAINED_STEPS:
             break
@@ -136,7 +137,8 @@ def plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given:
         return None
     epochs = steps / steps_per_epoch
     reasons.append(f"model {config.model} with ImageNet-pretrained {config.encoder}: {seconds:.2f}s per step here, "
-                   f"about {steps} steps ({epochs:.0f} epochs) at {chosen}px{' crops' if crops else ''} in "
+                   f"about {steps} steps ({epochs:.0f} epochs) at {chosen}px{' crops' if crops else ''}"
+                   f"{f' with {step_side(config, chosen)}px crops' if step_side(config, chosen) < chosen else ''} in "
                    f"{config.time_budget}")
     if len(sizes) > 1 and steps < PRETRAINED_STEPS:
         reasons.append(f"size {chosen}px: the smallest; no size gets {PRETRAINED_STEPS} steps in this budget")
@@ -148,7 +150,7 @@ def plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given:
                                "encoder_weights": config.encoder_weights, "decoder_width": config.decoder_width,
                                "precision": config.precision}
     if narrowed:
-        wide = pretrained_seconds_per_step(replace(config, decoder_width=0), chosen, num_classes,
+        wide = pretrained_seconds_per_step(replace(config, decoder_width=0), step_side(config, chosen), num_classes,
                                            channels=stats.channels)
         measured[f"{config.model}/{config.encoder}/{chosen}/decoder256"] = round(wide, 4)
         gain = ("the steps go to the pretrained encoder" if wide > 1.03 * seconds else

@@ -23,7 +23,7 @@ from catseg.hardware import Forward, resolve_device, resolve_precision
 from catseg.losses import SegmentationLoss
 from catseg.models import create_model, lite
 from catseg.plan_data import (OVERSAMPLE, PLANNED, THIN_WIDTH_PX, WIDTH_SAMPLE, DataStats, Plan, data_stats,
-                              plan_rare, thin_floor)
+                              plan_rare, step_side, thin_floor)
 from catseg.plan_pretrained import (CROP, CROP_THIN_PX, PRETRAINED_DECODER_WIDTH, PRETRAINED_ENCODER,
                                     PRETRAINED_MIN_STEPS, PRETRAINED_MODEL, PRETRAINED_NARROW_MAX_CLASSES,
                                     PRETRAINED_STEPS, plan_pretrained)
@@ -137,7 +137,7 @@ def _plan_unet(config: TrainConfig, stats: DataStats, budget: float, given: set[
     measured: dict[str, float] = {}
     chosen = candidates[0]
     for size, width in candidates:
-        seconds = seconds_per_step(config, size, width, num_classes, channels=stats.channels)
+        seconds = seconds_per_step(config, step_side(config, size), width, num_classes, channels=stats.channels)
         measured[f"{size}/w{width}"] = round(seconds, 4)
         if train_seconds / seconds < TARGET_STEPS:
             break

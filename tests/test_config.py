@@ -33,3 +33,12 @@ def test_round_trip_through_dict() -> None:
     again = TrainConfig.from_dict({**config.to_dict(), "unknown_future_field": 1})
     assert again == config
     assert again.time_budget_s == 300
+
+
+def test_patch_and_window_go_with_the_scale_policy() -> None:
+    TrainConfig(dataset="d", out="r", resize="scale", size=360, patch=256, window=512).validate()
+    with pytest.raises(CatsegError) as info:
+        TrainConfig(dataset="d", out="r", resize="stretch", patch=256, window=8).validate()
+    text = str(info.value)
+    assert "--patch goes with --resize scale" in text and "--window 8: at least 16" in text
+    assert "--window goes with --resize scale" in text

@@ -176,13 +176,13 @@ def test_export_is_in_eval_mode_even_when_handed_a_training_module() -> None:
     np.testing.assert_allclose(first[1], want.numpy(), atol=1e-4)
 
 
-def _write_run(root: Path, name: str, resize: str, classes: int = 2, seed: int = 0) -> Path:
+def _write_run(root: Path, name: str, resize: str, classes: int = 2, seed: int = 0, window: int = 0) -> Path:
     """Write a run folder with random tiny weights for model `name` (no training)."""
     kwargs = {"width": 4, "depth": 3} if name == "unet" else {"encoder": "resnet18", "encoder_weights": None}
     torch.manual_seed(seed)
     model = create_model(name, 3, classes, **kwargs).eval()
     norm = preprocessing_for(name, kwargs)
-    pre = Preprocess(size=64, resize=resize, patch=48 if resize == "scale" else 0, **norm)
+    pre = Preprocess(size=64, resize=resize, patch=48 if resize == "scale" else 0, window=window, **norm)
     config = RunConfig(model=name, model_kwargs=kwargs, in_channels=3, classes=[f"c{i}" for i in range(classes)],
                        colors=[[40 * i, 0, 0] for i in range(classes)], ignore_index=255, preprocess=pre,
                        threshold=0.5 if classes == 2 else None)
@@ -204,6 +204,15 @@ def test_every_registered_model_exports_with_parity(name: str, tmp_path: Path) -
         report = export_onnx(run, threads=1, check_sizes=((97, 131), (96, 128), (150, 41), (160, 100)))
         assert report.required == MIN_AGREEMENT
         assert max(p.max_prob_diff for p in report.parity) < 5e-3, report.summary()
+
+
+def test_prediction_windows_larger_than_the_crops_export_with_parity(tmp_path: Path) -> None:
+    """window 96 over 48 px training crops: working images within 96 px run in one pass, larger ones in 96 px
+    windows, in the graph as in Predictor."""
+    run = _write_run(tmp_path / "run", "unet", "scale", classes=3, window=96)
+    assert json.loads((run / "config.json").read_text())["preprocess"]["window"] == 96
+    report = export_onnx(run, threads=1, check_sizes=((97, 131), (64, 64), (150, 41), (64, 200)))
+    assert max(p.max_prob_diff for p in report.parity) < 5e-3, report.summary()
 
 
 def test_check_photos_are_used_for_parity(scale_run: Path, tiny_dataset: Path) -> None:

@@ -96,12 +96,14 @@ def test_thin_and_rare_classes_shape_the_pretrained_plan(info, monkeypatch: pyte
     # Whole photos would need 3 px / (5.4 / 480) = 267 px, so 256 (poles 2.9 px wide): instead, 256 px crops
     # of the photos at their own 480x360 keep the poles 5.4 px wide for the cost of a 256 px step.
     assert c.model == "smp-unet" and (c.resize, c.size, c.patch) == ("scale", 360, planner.CROP)
+    assert c.window == plan_pretrained.CROP_WINDOW  # a 480x360 working image: one pass when predicting
+    assert any(r.startswith(f"window {plan_pretrained.CROP_WINDOW}:") for r in plan.reasons)
     assert any(r.startswith("resize scale, shorter side 360px, crops of 256px: Pole objects") and "5.4px wide" in r
                for r in plan.reasons)
     assert any("about" in r and "at 256px crops in 10m" in r for r in plan.reasons)
     assert c.class_weights == "auto" and c.oversample == 0.0  # crops are drawn anywhere in the photo
     assert any(r.startswith("oversample off") for r in plan.reasons)
-    assert all(plan.to_json()[k] == getattr(c, k) for k in ("resize", "patch", "size"))
+    assert all(plan.to_json()[k] == getattr(c, k) for k in ("resize", "patch", "window", "size"))
     # Large photos are scaled down only as far as keeps the thin objects CROP_THIN_PX wide
     monkeypatch.setattr(planner, "data_stats", lambda i, s: replace(_street_stats(i, s), median_short_side=1800,
                                                                     median_long_side=2400))

@@ -74,3 +74,26 @@ def test_small_input_is_one_pass() -> None:
 
     sliding_window(forward, torch.ones(3, 20, 25), patch=32)
     assert calls == [torch.Size([1, 3, 20, 25])]
+
+
+def test_prediction_windows_may_be_larger_than_the_training_crops() -> None:
+    """window (0 = patch): a working image within one window runs in one pass, a larger one in windows of that
+    side; config.json names the window only when it differs, and older runs read back with window = patch."""
+    from catseg.preprocess import Preprocess
+
+    calls = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(batch.shape[-2:]))
+        return batch[:, :2]
+
+    pre = Preprocess(36, "scale", patch=24, window=64)
+    assert (pre.patch, pre.window) == (24, 64) and pre.windows(36, 60) == 1 and pre.windows(36, 100) == 3
+    pre.logits(forward, torch.zeros(1, 36, 60, 3, dtype=torch.uint8))
+    assert calls == [(36, 60)]  # one pass, not the 24 px crops' 2 x 4 windows
+    calls.clear()
+    pre.logits(forward, torch.zeros(1, 36, 100, 3, dtype=torch.uint8))
+    assert calls and all(shape == (36, 64) for shape in calls)
+    assert Preprocess.from_json(pre.to_json()) == pre and pre.to_json()["window"] == 64
+    old = Preprocess(36, "scale", patch=24)
+    assert old.window == 24 and "window" not in old.to_json() and Preprocess.from_json(old.to_json()) == old

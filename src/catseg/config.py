@@ -53,6 +53,8 @@ class TrainConfig:
     size_start: int = _f(0, "--resize stretch: begin training at this smaller size and grow to --size over the first "
                             "60 percent of training (cheap early steps; 0 = off)")
     patch: int = _f(0, "--resize scale: side of the training crops and prediction windows (0 = SIZE)")
+    window: int = _f(0, "--resize scale: side of the prediction windows, when they should differ from the training "
+                        "crops (0 = PATCH); a working image within WINDOW x WINDOW is predicted in one pass")
     augment: str = _f("light", "joint image/mask augmentation: none, light or strong")
     loss: str = _f("dice+ce", "dice (the course's), ce (cross-entropy; BCE for two classes) or dice+ce")
     class_weights: str = _f("none", "cross-entropy class weights: none, auto (inverse sqrt frequency) or comma list")
@@ -105,6 +107,10 @@ class TrainConfig:
             problems.append(f"--patch {self.patch}: at least 16 (or 0 for the same as --size)")
         if self.patch and self.resize == "stretch":
             problems.append("--patch goes with --resize scale; with stretch the whole photo is one SIZE x SIZE input")
+        if self.window and self.window < 16:
+            problems.append(f"--window {self.window}: at least 16 (or 0 for the same as --patch)")
+        if self.window and self.resize == "stretch":
+            problems.append("--window goes with --resize scale; with stretch the whole photo is one SIZE x SIZE input")
         if self.size_start and not 16 <= self.size_start <= self.size:
             problems.append(f"--size-start {self.size_start}: between 16 and --size ({self.size}), or 0 for off")
         if self.size_start and self.resize != "stretch":

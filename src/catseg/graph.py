@@ -312,7 +312,7 @@ class PhotoGraph(nn.Module):
         if self.pre.whole_image:
             logits = self.model(x).float()
         else:
-            logits = sliding_window_graph(self.model, x[0], self.pre.patch, self.pre.overlap,
-                                          self.pre.channels if self.pre.patch <= self.pre.size else 0)[None]
+            logits = sliding_window_graph(self.model, x[0], self.pre.window, self.pre.overlap,
+                                          self.pre.channels if self.pre.window <= self.pre.size else 0)[None]
         logits = F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)
         return logits.softmax(1)[0]

@@ -53,13 +53,18 @@ PRETRAINED_STRONG_EPOCHS = 80  # light augmentation was measured up to 48 epochs
 # 0.688 against 0.696.
 CROP = 256
 CROP_THIN_PX = 6.0  # never scale photos beyond what keeps the thinnest class's objects this wide
+# ...and predict (validation included) on windows twice the crop's side: a working image within it, such as
+# CamVid's 480x360, runs in one pass instead of six half-overlapping 256 px windows. Same weights, CamVid
+# val: class-mean IoU 0.660 in one pass against 0.657 over windows, in less than half the time (so
+# validation takes less of the budget). Larger images still go through windows, so memory stays bounded.
+CROP_WINDOW = 2 * CROP
 
 
 def native_crops(stats: DataStats, config: TrainConfig, given: set[str], floor: int) -> tuple[int, int, str] | None:
     """Return (shorter side, crop side, why) for training on crops at the photos' own scale instead of whole
     photos of at least `floor` px, or None when that is not for this data: resize or patch given, or photos
     no larger than a crop."""
-    if {"resize", "patch"} & given or config.resize != "stretch" or stats.median_short_side <= CROP:
+    if {"resize", "patch", "window"} & given or config.resize != "stretch" or stats.median_short_side <= CROP:
         return None
     longer = max(stats.median_long_side, stats.median_short_side)
     native_px = stats.thin_width * longer
@@ -159,6 +164,10 @@ def plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given:
                        f"{wide:.2f}s with smp's 256; {gain}")
     if crops is not None:
         changes.update(size=crops[0], resize="scale", patch=crops[1])
+        if "window" not in given:
+            changes["window"] = CROP_WINDOW
+            reasons.append(f"window {CROP_WINDOW}: validation and prediction run working images up to "
+                           f"{CROP_WINDOW}x{CROP_WINDOW} in one pass, larger ones in overlapping windows of that side")
     elif "size" not in given:
         changes["size"] = chosen
     if "augment" not in given:

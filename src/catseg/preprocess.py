@@ -5,10 +5,11 @@ and training, validation, prediction and export all call it instead of re-readin
 
 Two size policies:
   stretch  the photo is resized to size x size; one forward pass; the logits are resized back.
-  scale    the photo is resized so its shorter side is `size` (aspect kept); the model runs on
-           patch x patch windows that overlap by half, blended with a Gaussian weight so window
-           edges leave no seams; the logits are resized back. Memory stays bounded by the working
-           scale, whatever the photo's size.
+  scale    the photo is resized so its shorter side is `size` (aspect kept); training takes patch x
+           patch crops; prediction runs on window x window windows (window = patch unless set) that
+           overlap by half, blended with a Gaussian weight so window edges leave no seams, or on the
+           whole working image in one pass when it fits in one window; the logits are resized back.
+           Memory stays bounded by the window, whatever the photo's size.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Preprocess:
     size: int  # stretch: the side of the square input; scale: the shorter side of the working image
     resize: str = "stretch"  # size policy, one of catseg.config.RESIZE
     patch: int = 0  # scale: side of the training crops and prediction windows (0 = size)
+    window: int = 0  # scale: side of the prediction windows when larger than the crops (0 = patch)
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # per channel, of pixel / 255
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     overlap: float = field(default=0.5, repr=False)  # scale: share of a window its neighbour overlaps
@@ -52,6 +54,7 @@ class Preprocess:
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean has {len(self.mean)} values, std {len(self.std)}")
         object.__setattr__(self, "patch", int(self.patch or self.size))
+        object.__setattr__(self, "window", int(self.window or self.patch))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "band_names", tuple(str(v) for v in self.band_names))
@@ -74,6 +77,8 @@ class Preprocess:
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"mean": list(self.mean), "std": list(self.std), "size": self.size,
                                "resize": self.resize, "patch": self.patch}
+        if self.window != self.patch:  # runs without their own windows keep the config.json they always had
+            doc["window"] = self.window
         if self.bands:  # photo runs keep the config.json they always had
             doc["input"] = {"dtype": self.dtype, "pixel_scale": self.pixel_scale, "band_names": list(self.band_names),
                             "preview": list(self.preview)}
@@ -84,7 +89,8 @@ class Preprocess:
         """Return the Preprocess of a config.json "preprocess" entry (runs written since catseg 0.1)."""
         bands = doc.get("input", {})
         return cls(size=int(doc["size"]), resize=str(doc.get("resize", "stretch")),
-                   patch=int(doc.get("patch") or doc["size"]), mean=tuple(doc["mean"]), std=tuple(doc["std"]),
+                   patch=int(doc.get("patch") or doc["size"]), window=int(doc.get("window") or 0),
+                   mean=tuple(doc["mean"]), std=tuple(doc["std"]),
                    pixel_scale=float(bands.get("pixel_scale", 255.0)), dtype=str(bands.get("dtype", "uint8")),
                    band_names=tuple(bands.get("band_names", ())), preview=tuple(bands.get("preview", ())))
 
@@ -113,7 +119,7 @@ class Preprocess:
         x = self.normalise(images)
         if self.whole_image:
             return forward(x).float()
-        return torch.stack([sliding_window(forward, one, self.patch, self.overlap) for one in x])
+        return torch.stack([sliding_window(forward, one, self.window, self.overlap) for one in x])
 
     def photo_logits(self, forward: Forward, photos: Sequence[np.ndarray], device: torch.device,
                      size: int | None = None) -> list[torch.Tensor]:
@@ -127,7 +133,7 @@ class Preprocess:
         """Return how many forward passes cover a working-size image (1 under stretch)."""
         if self.whole_image:
             return 1
-        return len(window_starts(height, self.patch, self.overlap)) * len(window_starts(width, self.patch, self.overlap))
+        return len(window_starts(height, self.window, self.overlap)) * len(window_starts(width, self.window, self.overlap))
 
 
 def working_size(height: int, width: int, size: int, policy: str) -> tuple[int, int]:

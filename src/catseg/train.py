@@ -163,7 +163,7 @@ def _fit(config: TrainConfig, progress: Progress | None, started: float, dist: D
     workers = config.workers if config.workers >= 0 else default_workers(device, dist.local_world)
     kwargs = model_kwargs(config.model, config)
     norm = preprocessing_for(config.model, kwargs)
-    pre = Preprocess(config.size, config.resize, config.patch, tuple(norm["mean"]), tuple(norm["std"]))
+    pre = Preprocess(config.size, config.resize, config.patch, config.window, tuple(norm["mean"]), tuple(norm["std"]))
     pre = band_preprocess(pre, info)  # band images: per-band statistics instead of the model's RGB ones
     # an unknown model or encoder fails here, before decoding
     model = new_model(config, info, kwargs, device, pre.channels)

@@ -87,7 +87,8 @@ def write_checkpoint(t: Training) -> None:
         "model": model_state, "optimizer": t.optimizer.state_dict(),
         "scaler": t.ctx.scaler.state_dict() if t.ctx.scaler is not None else {},
         "epoch": t.epoch, "step": t.step, "batch": t.batch, "elapsed": t.clock.elapsed(),
-        "val_seconds": t.val_seconds, "finish_reserve": t.finish_reserve, "window": asdict(t.window), "history": t.history, "best": t.best.to_json(),
+        "val_seconds": t.val_seconds, "finish_reserve": t.finish_reserve, "window": asdict(t.window),
+        "history": t.history, "best": t.best.to_json(),
         "rng": rng_state(), "replaces": str(t.replaces) if t.replaces else "", "world": t.dist.world})
     t.last_checkpoint = time.perf_counter()
 

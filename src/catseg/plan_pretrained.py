@@ -62,8 +62,8 @@ CROP_WINDOW = 2 * CROP
 
 def native_crops(stats: DataStats, config: TrainConfig, given: set[str], floor: int) -> tuple[int, int, str] | None:
     """Return (shorter side, crop side, why) for training on crops at the photos' own scale instead of whole
-    photos of at least `floor` px, or None when that is not for this data: resize or patch given, or photos
-    no larger than a crop."""
+    photos of at least `floor` px, or None when that is not for this data: resize, patch or window given, or
+    photos no larger than a crop."""
     if {"resize", "patch", "window"} & given or config.resize != "stretch" or stats.median_short_side <= CROP:
         return None
     longer = max(stats.median_long_side, stats.median_short_side)

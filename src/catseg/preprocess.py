@@ -36,8 +36,8 @@ class Preprocess:
 
     size: int  # stretch: the side of the square input; scale: the shorter side of the working image
     resize: str = "stretch"  # size policy, one of catseg.config.RESIZE
-    patch: int = 0  # scale: side of the training crops and prediction windows (0 = size)
-    window: int = 0  # scale: side of the prediction windows when larger than the crops (0 = patch)
+    patch: int = 0  # scale: side of the training crops (0 = size)
+    window: int = 0  # scale: side of the prediction windows (0 = patch)
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # per channel, of pixel / 255
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     overlap: float = field(default=0.5, repr=False)  # scale: share of a window its neighbour overlaps
@@ -133,7 +133,8 @@ class Preprocess:
         """Return how many forward passes cover a working-size image (1 under stretch)."""
         if self.whole_image:
             return 1
-        return len(window_starts(height, self.window, self.overlap)) * len(window_starts(width, self.window, self.overlap))
+        rows, cols = window_starts(height, self.window, self.overlap), window_starts(width, self.window, self.overlap)
+        return len(rows) * len(cols)
 
 
 def working_size(height: int, width: int, size: int, policy: str) -> tuple[int, int]:

@@ -285,27 +285,3 @@ def test_a_given_patch_is_what_a_step_costs(info, monkeypatch: pytest.MonkeyPatc
     assert plan.config.model == "smp-unet" and (plan.config.size, plan.config.patch) == (540, 256)
     assert measured and set(measured) == {256}
     assert any("at 540px with 256px crops" in r for r in plan.reasons)
-
-
-def test_the_precision_check_s_timing_is_not_measured_again(info, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a bf16 CPU the precision check times both precisions at the first size; the size search reuses the
-    chosen one's figure there instead of timing it a second time."""
-    calls = []
-
-    def speed(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
-        calls.append((size, config.precision, config.decoder_width))
-        return _fake_pretrained(config, size, num_classes) * (0.8 if config.precision == "fp32" else 1.0)
-
-    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", speed)
-    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
-    monkeypatch.setattr(planner, "resolve_device", lambda device: torch.device("cpu"))
-    monkeypatch.setattr(planner, "resolve_precision",
-                        lambda precision, device: torch.bfloat16 if precision in ("auto", "bf16") else torch.float32)
-    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
-    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
-    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m"), info, info.stems(), set())
-    assert plan.config.precision == "fp32"
-    assert len(calls) == len(set(calls)), calls  # no size, precision and decoder timed twice
-    first = plan_pretrained.PRETRAINED_SIZES[0]
-    key = f"smp-unet/efficientnet-lite0/{first}"
-    assert plan.measured[key] == plan.measured[f"{key}/fp32"]

@@ -129,11 +129,7 @@ def plan_pretrained(config: TrainConfig, stats: DataStats, budget: float, given:
                                  measured)
     chosen = sizes[0]
     for size in sizes:
-        # the precision check has just timed this precision at the first size: not again
-        timed = measured.get(f"{config.model}/{config.encoder}/{step_side(config, size)}/"
-                             f"{'fp32' if config.precision == 'fp32' else 'bf16'}")
-        seconds = timed if timed is not None else pretrained_seconds_per_step(config, step_side(config, size),
-                                                                               num_classes, channels=stats.channels)
+        seconds = pretrained_seconds_per_step(config, step_side(config, size), num_classes, channels=stats.channels)
         measured[f"{config.model}/{config.encoder}/{size}"] = round(seconds, 4)
         if train_seconds / seconds < PRETRAINED_STEPS:
             break
@@ -188,8 +184,7 @@ def _plan_cpu_precision(config: TrainConfig, size: int, num_classes: int, channe
                         reasons: list[str], measured: dict[str, float]) -> TrainConfig:
     """Return config with --precision fp32 where bf16 autocast is on by default (a CPU with bf16) but a
     step of this model is faster without it: the Lite encoders' depthwise convolutions gain nothing from
-    bf16 and the casts cost time (here, 160 px: 0.28 s per step in fp32 against 0.30 s in bf16). Both
-    timings go into `measured` (".../SIZE/bf16", ".../SIZE/fp32"), where the size search reuses them."""
+    bf16 and the casts cost time (here, 160 px: 0.28 s per step in fp32 against 0.30 s in bf16)."""
     device = resolve_device(config.device)
     if "precision" in given or config.precision != "auto" or device.type != "cpu" or \
             resolve_precision("auto", device) != torch.bfloat16:

@@ -165,7 +165,8 @@ def test_time_budget_keeps_time_for_the_finish(tmp_path: Path, monkeypatch: pyte
     data = make_tiny_dataset(tmp_path / "d")
     with caplog.at_level("DEBUG", logger="catseg.train"):
         fit(_config(data, tmp_path / "run", time_budget="5s", epochs=1000))
-    kept = [float(m.group(1)) for r in caplog.records if (m := re.match(r"([0-9.]+)s of the budget kept", r.getMessage()))]
+    kept = [float(m.group(1)) for r in caplog.records
+            if (m := re.match(r"([0-9.]+)s of the budget kept", r.getMessage()))]
     assert len(kept) == 1 and kept[0] >= train.FINISH_VALIDATIONS * 0.4 - 0.05  # the log rounds to 0.1 s
 
 
@@ -236,6 +237,27 @@ def test_scale_policy_trains_on_crops_and_predicts_any_size(tmp_path: Path) -> N
     probs = predictor.predict_proba(np.zeros((60, 900, 3), np.uint8))
     assert probs.shape == (2, 60, 900)
     assert all(shape[-2:] == (16, 16) for shape in calls) and sum(s[0] for s in calls) > 10
+
+
+def test_a_given_window_reaches_the_run_and_its_predictions(tmp_path: Path) -> None:
+    """--window 48 over 16 px crops: config.json records it, and a prediction covers the 32 px working image in
+    windows of (up to) 48 px instead of the training crop's 16."""
+    from catseg.predict import Predictor
+
+    data = make_tiny_dataset(tmp_path / "d", count=10)
+    fit(_config(data, tmp_path / "run", size=32, resize="scale", patch=16, window=48, epochs=1))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["preprocess"]["patch"], config["preprocess"]["window"]) == (16, 48)
+    assert config["train"]["window"] == 48
+    predictor = Predictor.from_run(tmp_path / "run", device="cpu", tta=False)
+    calls = []
+    original = predictor.model.forward
+    predictor.model.forward = lambda x: (calls.append(tuple(x.shape)), original(x))[1]
+    predictor.predict_proba(np.zeros((32, 40, 3), np.uint8))
+    assert calls == [(1, 3, 32, 40)]  # the whole working image in one pass
+    calls.clear()
+    predictor.predict_proba(np.zeros((32, 200, 3), np.uint8))
+    assert sum(shape[0] for shape in calls) > 1 and all(shape[-2:] == (32, 48) for shape in calls)  # batched windows
 
 
 def test_patch_needs_the_scale_policy() -> None:

@@ -170,6 +170,23 @@ def test_time_budget_keeps_time_for_the_finish(tmp_path: Path, monkeypatch: pyte
     assert len(kept) == 1 and kept[0] >= train.FINISH_VALIDATIONS * 0.4 - 0.05  # the log rounds to 0.1 s
 
 
+def test_a_short_run_validates_every_epoch_however_slow_validation_is(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a budget, a run of few epochs validates each one, even where validation costs more than the 4% of
+    training that would skip it in a long run (which made a 3-epoch distributed test depend on timing)."""
+    from catseg import train
+
+    real_validate = train.validate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validate", slow)
+    result = fit(_config(make_tiny_dataset(tmp_path / "d"), tmp_path / "run", epochs=3))
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
 def test_resume_keeps_the_finish_reserve_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reserve is taken after epoch 1; a run resumed later still keeps it aside, so that a resumed budget
     does not overrun by the finish."""

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # The finish costs about this many validations (two predictions of each validation photo, then the clean-ups
 # scored): CamVid with 256 px windows, 15 s a validation, finished in about 50 s.
 FINISH_VALIDATIONS = 3.0
+# A run of at most this many epochs (--epochs, no time budget) validates every one: skipping some would leave
+# its curve and its choice of best epoch a point or two, for little time saved.
+VALIDATE_EVERY_EPOCH_UP_TO = 10
 
 
 @dataclass
@@ -301,7 +304,10 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
 def _validation_due(t: Training) -> bool:
     """Return True when this epoch is validated. Short epochs are validated less often early on, so
     validation stays a few percent of the time; the last 30% of training, where the best weights almost
-    always are, is validated every epoch, and so are the first and the last."""
+    always are, is validated every epoch, and so are the first and the last, and every epoch of a run of
+    at most VALIDATE_EVERY_EPOCH_UP_TO epochs (the choice would otherwise hang on the machine's timing)."""
+    if t.clock.deadline is None and t.config.epochs <= VALIDATE_EVERY_EPOCH_UP_TO:
+        return True
     train_elapsed = t.clock.elapsed() - t.val_seconds
     return (t.clock.finished(t.step) or t.epoch == 1 or t.clock.progress(t.step) >= 0.7
             or t.val_seconds <= 0.04 * train_elapsed)

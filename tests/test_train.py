@@ -354,3 +354,40 @@ def test_a_pretrained_encoder_learns_at_a_fraction_of_the_rate() -> None:
     # From scratch, every weight is new: one rate for all.
     scratch = param_groups(model, TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="none"))
     assert len(scratch) == 1 and scratch[0]["lr_scale"] == 1.0
+
+
+def test_a_frozen_encoder_batchnorm_keeps_its_statistics_while_the_decoder_learns() -> None:
+    from types import SimpleNamespace
+
+    from catseg.train_setup import new_model
+
+    info = SimpleNamespace(num_classes=2)
+    config = TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="none", encoder_bn="frozen")
+    kwargs = {"encoder": "efficientnet-lite0", "encoder_weights": "none", "decoder_width": 64}
+    model = new_model(config, info, kwargs, torch.device("cpu"))
+    bns = [m for m in model.net.encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    decoder_bn = next(m for m in model.net.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = [m.running_mean.clone() for m in bns]
+    decoder_before = decoder_bn.running_mean.clone()
+    model.eval()
+    model.train()  # validation switches back and forth: the encoder's BatchNorm must stay frozen
+    assert bns and not any(m.training for m in bns) and decoder_bn.training
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    loss = model(torch.randn(2, 3, 64, 64) * 3 + 1).logsumexp(1).mean()
+    loss.backward()
+    opt.step()
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns))
+    assert not torch.equal(decoder_before, decoder_bn.running_mean)
+    assert any(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in bns)  # the affine still learns
+    # The default (auto) freezes them for pretrained weights only: an encoder from scratch has no statistics to keep.
+    from catseg.steps import frozen_encoder_bn
+
+    assert frozen_encoder_bn(TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="imagenet"))
+    assert not frozen_encoder_bn(TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="none"))
+    assert not frozen_encoder_bn(TrainConfig(dataset="d", out="o", encoder_weights="imagenet", encoder_bn="train"))
+    plain = new_model(TrainConfig(dataset="d", out="o", model="smp-unet", encoder_weights="none"), info, kwargs,
+                      torch.device("cpu"))
+    plain.train()
+    assert all(m.training for m in plain.net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(CatsegError, match="--encoder-bn"):
+        TrainConfig(dataset="d", out="o", encoder_bn="freeze").validate()

@@ -44,6 +44,9 @@ class TrainConfig:
                                       "downloaded when online) or a local .pth/.safetensors file")
     encoder_lr: float = _f(0.1, "smp-* models with pretrained weights: the encoder's learning rate as a fraction of "
                                 "--lr (the decoder and head get --lr)")
+    encoder_bn: str = _f("auto", "smp-* models: the encoder's BatchNorm statistics: frozen (kept as pretrained; the "
+                                 "affine still learns), train (follow each batch), or auto (frozen for pretrained "
+                                 "weights, train from scratch)")
     decoder_width: int = _f(0, "smp-unet, -unetplusplus, -fpn, -deeplabv3plus: channels of the decoder's widest level "
                                "(U-Nets halve it at each level up; FPN's head gets half); 0 = smp's default, 256")
     size: int = _f(256, "input size in pixels: the side of the square photos are stretched to (--resize stretch), "
@@ -119,6 +122,8 @@ class TrainConfig:
             problems.append(f"--depth {self.depth}: at most 7 levels")
         if not self.lr > 0:
             problems.append(f"--lr {self.lr}: must be positive")
+        if self.encoder_bn not in ("auto", "train", "frozen"):
+            problems.append(f"--encoder-bn {self.encoder_bn!r}: use auto, train or frozen")
         if not 0 <= self.encoder_lr <= 10:
             problems.append(f"--encoder-lr {self.encoder_lr}: a fraction of --lr between 0 (frozen encoder) and 10")
         if not 0 <= self.warmup < 1:

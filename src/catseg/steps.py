@@ -124,13 +124,26 @@ class Clock:
 
 
 # ----------------------------------------------------------------------------- helpers
+def pretrained_encoder(config: TrainConfig) -> bool:
+    """Return whether config's encoder starts from pretrained weights (encoder_weights resolved: not auto)."""
+    return config.encoder_weights not in ("none", "", "auto")
+
+
+def frozen_encoder_bn(config: TrainConfig) -> bool:
+    """Return whether the encoder's BatchNorm layers keep their pretrained statistics while training.
+
+    Pets, 10 minutes (a slower day of the 2-core AVX-512 machine, ~31 epochs): pet IoU 0.878 frozen against
+    0.860 following each batch of 8; 2 minutes: 0.837 against 0.833. Batches of 8 crops estimate the
+    statistics of 1280-channel layers poorly, and ImageNet's are a better normaliser for photos."""
+    return config.encoder_bn == "frozen" or (config.encoder_bn == "auto" and pretrained_encoder(config))
+
+
 def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     """Return AdamW parameter groups: a pretrained encoder learns at `encoder_lr` times the rate of the
     freshly initialised decoder and head, so the first steps' large gradients do not wash out ImageNet's
     features. Each group's `lr_scale` multiplies the scheduled rate."""
     encoder = getattr(getattr(model, "net", None), "encoder", None)
-    pretrained = config.encoder_weights not in ("none", "", "auto") and encoder is not None
-    if not pretrained or config.encoder_lr == 1.0:
+    if not pretrained_encoder(config) or encoder is None or config.encoder_lr == 1.0:
         return [{"params": list(model.parameters()), "lr_scale": 1.0}]
     own = {id(p) for p in encoder.parameters()}
     rest = [p for p in model.parameters() if id(p) not in own]

@@ -22,6 +22,7 @@ from catseg.losses import class_weights_from_frequency
 from catseg.models import create_model
 from catseg.planner import plan_training
 from catseg.preprocess import Preprocess
+from catseg.steps import frozen_encoder_bn
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ def new_model(config: TrainConfig, info: DatasetInfo, kwargs: dict[str, Any], de
                in_channels: int = 3) -> torch.nn.Module:
     torch.manual_seed(config.seed)
     model = create_model(config.model, in_channels=in_channels, num_classes=info.num_classes, **kwargs)
+    if hasattr(model, "frozen_encoder_bn"):
+        model.frozen_encoder_bn = frozen_encoder_bn(config)
     return model.to(device, memory_format=torch.channels_last)
 
 

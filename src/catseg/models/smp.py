@@ -63,6 +63,17 @@ class SmpModel(nn.Module):
         # smp's own check (SegmentationModel.check_input_shape) uses the encoder's output stride:
         # 32 for most, 16 for DeepLabV3+ (dilated), 8 for PSPNet's 3-stage encoder.
         self.multiple = int(net.encoder.output_stride)
+        self.frozen_encoder_bn = False  # set for training only; not part of the stored model
+
+    def train(self, mode: bool = True) -> SmpModel:
+        """Set training mode; with `frozen_encoder_bn` the encoder's BatchNorm layers stay in eval mode (they
+        normalise with their pretrained running statistics and do not update them; their affine still learns)."""
+        super().train(mode)
+        if mode and self.frozen_encoder_bn:
+            for module in self.net.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return padded_forward(self.net, x, self.multiple)

@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--budget", default="2m", help="--time-budget of every training (default: 2m)")
     parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds (default: 0,1,2)")
     parser.add_argument("--score", default="mirror", choices=["mirror", "entropy", "margin"], help="suggest --score")
-    parser.add_argument("--pick", default="diverse", choices=["diverse", "uncertain"], help="suggest --pick")
+    parser.add_argument("--pick", default="diverse", choices=["diverse", "uncertain", "typical"], help="suggest --pick")
     parser.add_argument("--train-args", default="", help="extra `catseg train` flags for every training, quoted")
     parser.add_argument("--work", type=Path, default=None, help="keep datasets and runs here (default: a temp folder)")
     args = parser.parse_args()

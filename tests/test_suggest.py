@@ -15,6 +15,7 @@ from PIL import Image
 from catseg.cli import main
 from catseg.errors import CatsegError
 from catseg.suggest import RANKING_FILE, diverse_pick, photo_features, pixel_uncertainty, suggest, uncertainty
+from catseg.suggest_pick import squared_distances, typical_pick
 
 
 def test_scores_are_zero_when_sure_and_one_when_undecided() -> None:
@@ -177,6 +178,43 @@ def test_diverse_pick_takes_one_photo_of_each_kind_where_uncertainty_takes_one_k
     # more asked than there are photos: every photo once
     assert sorted(diverse_pick(scores[:3], features[:3], 5)) == [0, 1, 2]
     assert diverse_pick([], np.zeros((0, 3)), 2) == []
+
+
+def test_typical_pick_takes_the_typical_photo_of_each_kind_the_labelled_photos_miss() -> None:
+    rng = np.random.default_rng(0)
+    kinds = np.eye(6)
+    # unlabelled: 5 photos of each of six kinds; photo 0 of a kind sits at its centre, the others around it
+    spread = np.concatenate([np.zeros((1, 6)), rng.normal(0, 0.05, (4, 6))])
+    features = np.concatenate([k + spread for k in kinds])
+    labelled = kinds[:4] + rng.normal(0, 0.05, (4, 6))  # the run has one labelled photo of kinds 0-3
+    picked = typical_pick(features, labelled, 2)
+    assert sorted(picked) == [20, 25]  # the centres of kinds 4 and 5, the kinds nobody labelled
+    assert typical_pick(features, labelled, 2) == picked  # deterministic
+    # with no labelled photos every kind is open: one centre per kind
+    assert sorted(typical_pick(features, labelled[:0], 6)) == [0, 5, 10, 15, 20, 25]
+    # more asked than there are photos: every photo once; nothing asked, nothing picked
+    assert sorted(typical_pick(features[:3], labelled, 5)) == [0, 1, 2]
+    assert typical_pick(features, labelled, 0) == []
+
+
+def test_squared_distances_match_the_direct_formula() -> None:
+    rng = np.random.default_rng(1)
+    x, c = rng.normal(size=(7, 5)), rng.normal(size=(3, 5))
+    assert np.allclose(squared_distances(x, c), ((x[:, None] - c[None]) ** 2).sum(-1))
+
+
+def test_typical_suggest_clusters_with_the_runs_own_photos(tiny_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from catseg.run import read_splits
+
+    _photos(tmp_path / "photos")
+    labelled = sum(len(v) for v in read_splits(tiny_run).values())
+    assert main(["suggest", str(tiny_run), str(tmp_path / "photos"), "--top", "2", "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "--pick", "typical"]) == 0
+    assert (f"the first 2: typical photos of the kinds least covered by the run's {labelled} labelled photos "
+            "(--pick typical)") in capsys.readouterr().out
+    rows = _rows(tmp_path / "o" / RANKING_FILE)
+    assert [r["annotation_status"] for r in rows] == ["written", "written", ""]
 
 
 def test_photo_features_are_unit_vectors_that_tell_photos_apart(tiny_run: Path, tmp_path: Path) -> None:

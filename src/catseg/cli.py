@@ -303,9 +303,10 @@ def _add_suggest(sub: Any) -> None:
                    help="mirror: mean disagreement between the predictions for the photo and its mirror image "
                         "(default); entropy: mean normalised entropy of the probabilities; margin: mean "
                         "1 - (top1 - top2)")
-    p.add_argument("--pick", default="diverse", choices=["diverse", "uncertain"],
+    p.add_argument("--pick", default="diverse", choices=["diverse", "uncertain", "typical"],
                    help="diverse: the top N are chosen for uncertainty and variety together (one per group of "
-                        "similar photos among the 10 N most uncertain; default); uncertain: the N highest scores")
+                        "similar photos among the 10 N most uncertain; default); uncertain: the N highest scores; "
+                        "typical: typical photos of the kinds the run's labelled photos cover least (TypiClust)")
     p.add_argument("--threshold", type=float, default=None, help="two classes: cut-off for the pre-annotations")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=4, help="photos per forward pass")

@@ -23,6 +23,11 @@ Which photos to pre-annotate (`pick`):
   takes the N most unusual photos, often N of one kind (on the pets sample, 20 uncertainty picks
   trained a worse model than 20 random photos); one photo per group spreads the labelling effort.
 - `uncertain`: the N highest scores.
+- `typical`: after Hacohen et al., "Active Learning on a Budget" (2022, TypiClust): with few labels the
+  photos worth a person's time are typical ones of kinds the labelled photos do not cover yet. The photos
+  and the run's own training and validation photos (from its dataset folder) are clustered together into
+  (labelled + N) groups; the groups with the fewest labelled photos, largest first, each give their most
+  typical photo (closest on average to its 20 nearest neighbours). The score does not enter the pick.
 
 The pre-annotations are the masks `catseg predict` would write (mirror TTA as the run chose).
 """
@@ -35,7 +40,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,18 +52,19 @@ from catseg.annotate import (
     labelme_document,
     labelme_json_bytes,
 )
+from catseg.data import DATASET_JSON, read_dataset
 from catseg.errors import CatsegError
 from catseg.files import atomic_write_bytes
 from catseg.images import read_image
 from catseg.photo_files import check_readable, expand_inputs, output_paths
 from catseg.predict import Predictor
-from catseg.preprocess import model_input, resize_image
+from catseg.run import read_splits
+from catseg.suggest_pick import diverse_pick, photo_features, typical_pick
 
 log = logging.getLogger(__name__)
 
 SCORES = ("mirror", "entropy", "margin")  # the first is the default
-PICKS = ("diverse", "uncertain")  # the first is the default
-DIVERSE_POOL = 10  # diverse: cluster the POOL x N most uncertain photos (Zhdanov 2019's beta)
+PICKS = ("diverse", "uncertain", "typical")  # the first is the default
 RANKING_FILE = "suggestions.csv"
 _HEADER = ("path", "rank", "score")
 
@@ -86,12 +91,17 @@ class SuggestReport:
     out_dir: Path
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # photos whose JSON was already in out_dir
-    diverse: int = 0  # how many photos lead the ranking as diverse_pick chose them (0: sorted by score alone)
+    diverse: int = 0  # how many photos lead the ranking as the pick chose them (0: sorted by score alone)
+    pick: str = "diverse"
+    labelled: int = 0  # --pick typical: the run's labelled photos it clustered with
 
     def summary(self, show: int = 10) -> str:
         """Return the text the CLI prints: the head of the ranking and where everything went."""
         lines = [f"ranked {len(self.ranking)} photos by {self.score} (0 = sure, 1 = unsure)"]
-        if self.diverse:
+        if self.diverse and self.pick == "typical":
+            lines.append(f"the first {self.diverse}: typical photos of the kinds least covered by the run's "
+                         f"{self.labelled} labelled photos (--pick typical), then the rest by score")
+        elif self.diverse:
             lines.append(f"the first {self.diverse}: uncertain photos of {self.diverse} different kinds (--pick diverse), "
                          "then the rest by score")
         lines.append(f"{'rank':>4s} {'score':>6s}  photo")
@@ -142,72 +152,6 @@ def _predict(predictor: Predictor, images: Sequence[np.ndarray], score: str) -> 
     return [((p + f) / 2 if tta else p, uncertainty(p, score, f)) for p, f in zip(plain, flipped)]
 
 
-# ----------------------------------------------------------------------------- variety
-@torch.inference_mode()
-def photo_features(predictor: Predictor, images: Sequence[np.ndarray]) -> np.ndarray:
-    """Return (N, C) unit vectors, one per photo: the model's deepest feature map (the output of the last
-    convolution at the coarsest resolution it reaches, its encoder's last stage), averaged over the photo.
-    Each photo is resized to one training window (size x size, or patch x patch under --resize scale)."""
-    deepest: dict[str, torch.Tensor] = {}
-
-    def keep(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.ndim == 4:
-            area = output.shape[-2] * output.shape[-1]
-            if "x" not in deepest or area <= deepest["x"].shape[-2] * deepest["x"].shape[-1]:
-                deepest["x"] = output  # the last one at the coarsest resolution so far
-
-    side = predictor.pre.size if predictor.pre.whole_image else predictor.pre.patch
-    batch = np.stack([resize_image(im, side, side) for im in images])
-    handles = [m.register_forward_hook(keep) for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d)]
-    try:
-        predictor.forward(predictor.pre.normalise(torch.from_numpy(model_input(batch)).to(predictor.device)))
-    finally:
-        for h in handles:
-            h.remove()
-    pooled = deepest["x"].float().mean(dim=(2, 3))
-    return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
-
-
-def diverse_pick(scores: Sequence[float], features: np.ndarray, k: int, pool: int = DIVERSE_POOL,
-                 seed: int = 0, iterations: int = 30) -> list[int]:
-    """Return the indices of k photos, most uncertain first: of the pool x k highest `scores`, cluster the
-    `features` rows into k groups with k-means weighted by the score (k-means++ start), and take the member
-    nearest each centre. Deterministic for the same input."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep the input order
-    k = min(k, len(order))
-    if k <= 0:
-        return []
-    cand = np.array(order[: max(k, pool * k)])
-    x = features[cand].astype(np.float64)
-    w = np.asarray([scores[i] for i in cand], dtype=np.float64) + 1e-6
-    rng = np.random.default_rng(seed)
-    centres = [x[int(np.argmax(w))]]  # the start: the most uncertain photo, then k-means++ draws
-    for _ in range(1, k):
-        p = w * _squared_distances(x, np.asarray(centres)).min(axis=1)
-        centres.append(x[int(rng.choice(len(x), p=p / p.sum()))] if p.sum() > 0 else x[len(centres)])
-    c = np.asarray(centres)
-    for _ in range(iterations):
-        assign = _squared_distances(x, c).argmin(1)
-        moved = np.array([(w[assign == j, None] * x[assign == j]).sum(0) / w[assign == j].sum()
-                          if (assign == j).any() else c[j] for j in range(k)])
-        if np.allclose(moved, c):
-            break
-        c = moved
-    picked: list[int] = []
-    dist = _squared_distances(x, c)
-    for j in range(k):
-        for i in np.argsort(dist[:, j], kind="stable"):  # the member nearest this centre not taken yet
-            if int(cand[i]) not in picked:
-                picked.append(int(cand[i]))
-                break
-    return sorted(picked, key=lambda i: (-scores[i], i))
-
-
-def _squared_distances(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Return (len(x), len(centres)) squared Euclidean distances."""
-    return ((x[:, None, :] - centres[None]) ** 2).sum(-1)
-
-
 # ----------------------------------------------------------------------------- the stage
 def suggest(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path | None = None, top: int = 10,
             score: str = "mirror", labelme: LabelmeOptions | None = None, device: str = "auto",
@@ -242,13 +186,15 @@ def suggest(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path | No
     output_paths(files, out, ["labelme"], predictor.classes)  # refuses photos whose JSONs would share a name
     labels_txt = check_labels_file(out, predictor.classes, force, predictor.background) if top else None
 
-    ranking, features = _rank(predictor, files, score, batch_size, threshold, variety=pick == "diverse" and top > 0)
+    ranking, features = _rank(predictor, files, score, batch_size, threshold, variety=pick != "uncertain" and top > 0)
+    labelled = _labelled_features(predictor, run_dir, files, batch_size) if features is not None and \
+        pick == "typical" else None
     if features is not None:
-        ranking = _diverse_first(ranking, features, out, top, force)
+        ranking = _picked_first(ranking, features, out, top, force, labelled)
     chosen = _choose(ranking, out, top, force)
     report_diverse = len(chosen) if features is not None else 0
     report = SuggestReport(score, ranking, ranking_file, out, skipped=[s.path for s in ranking if s.status == "exists"],
-                           diverse=report_diverse)
+                           diverse=report_diverse, pick=pick, labelled=0 if labelled is None else len(labelled))
     out.mkdir(parents=True, exist_ok=True)
     if chosen and labels_txt is not None:
         atomic_write_bytes(out / LABELS_FILE, labels_txt.encode("utf-8"))
@@ -316,12 +262,37 @@ def _number(ranking: list[Suggestion]) -> None:
         s.rank = rank
 
 
-def _diverse_first(ranking: list[Suggestion], features: dict[Path, np.ndarray], out_dir: Path, top: int,
-                   force: bool) -> list[Suggestion]:
-    """Return the ranking with diverse_pick's `top` photos first (of those without a JSON in out_dir, or all
-    with force), then the rest by score, renumbered."""
+def _labelled_features(predictor: Predictor, run_dir: str | Path, photos: Sequence[Path],
+                       batch_size: int) -> np.ndarray:
+    """Return the features of the photos the run trained and validated on (its splits.json in its dataset),
+    leaving out any that are among `photos`; none (with a warning) when the dataset is no longer there."""
+    stems = [stem for part in read_splits(run_dir).values() for stem in part]
+    dataset = Path(predictor.config.dataset) if predictor.config.dataset else None
+    if not stems or dataset is None or not (dataset / DATASET_JSON).is_file():
+        log.warning("--pick typical: the run's dataset (%s) is not there, so the photos it was trained on are "
+                    "unknown; picking typical photos of every kind", dataset or "not recorded")
+        return np.zeros((0, 1), dtype=np.float32)
+    index = read_dataset(dataset).image_index()
+    skip = {p.resolve() for p in photos}
+    paths = [index[s] for s in stems if s in index and index[s].resolve() not in skip]
+    found = [photo_features(predictor, [read_image(p) for p in paths[i:i + batch_size]])
+             for i in range(0, len(paths), batch_size)]
+    return np.concatenate(found) if found else np.zeros((0, 1), dtype=np.float32)
+
+
+def _picked_first(ranking: list[Suggestion], features: dict[Path, np.ndarray], out_dir: Path, top: int,
+                  force: bool, labelled: np.ndarray | None) -> list[Suggestion]:
+    """Return the ranking with the pick's `top` photos first (of those without a JSON in out_dir, or all
+    with force): diverse_pick's, or typical_pick's given the `labelled` photos' features; then the rest by
+    score, renumbered."""
     open_ = [s for s in ranking if force or not annotation_path(out_dir, s.path).exists()]
-    picked = diverse_pick([s.score for s in open_], np.stack([features[s.path] for s in open_]), top) if open_ else []
+    own = np.stack([features[s.path] for s in open_]) if open_ else None
+    if own is None:
+        picked = []
+    elif labelled is None:
+        picked = diverse_pick([s.score for s in open_], own, top)
+    else:
+        picked = typical_pick(own, labelled if len(labelled) else own[:0], top)
     first = [open_[i] for i in picked]
     taken = {id(s) for s in first}
     reordered = first + [s for s in ranking if id(s) not in taken]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,11 +39,11 @@ def _catseg(*args: str, log: Path | None = None) -> str:
     return proc.stdout + proc.stderr
 
 
-def run_budget(dataset: Path, work: Path, budget: str) -> dict:
+def run_budget(dataset: Path, work: Path, budget: str, train_args: list[str] = ()) -> dict:
     run = work / f"run-{budget}"
     started = time.perf_counter()
     train_log = work / f"train-{budget}.log"
-    _catseg("train", str(dataset), "--out", str(run), "--time-budget", budget, log=train_log)
+    _catseg("train", str(dataset), "--out", str(run), "--time-budget", budget, *train_args, log=train_log)
     seconds = time.perf_counter() - started
     printed = _catseg("evaluate", str(run), str(dataset), "--out", str(work / f"eval-{budget}"))
     summary = json.loads((work / f"eval-{budget}" / "summary.json").read_text())
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="10m")
     parser.add_argument("--work", type=Path, default=None, help="keep runs and logs here (default: a temp folder)")
     parser.add_argument("--picture", type=Path, default=None, help="write photo/truth/prediction rows here")
+    parser.add_argument("--train-args", default="", help="extra `catseg train` flags, quoted (the targets are for none)")
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         sys.exit(f"{args.data}: no CamVid here (see ../shared/data/README.md); skipped")
@@ -93,7 +95,7 @@ def main() -> None:
                 "--split", "val=val,valannot", "--classes", CLASSES, "--ignore-id", "11")
     results = []
     for budget in args.budgets.split(","):
-        r = run_budget(dataset, work, budget)
+        r = run_budget(dataset, work, budget, shlex.split(args.train_args))
         results.append(r)
         print(f"\n== {budget}: trained {r['train_seconds']:.0f}s (run {r['run']})")
         print("\n".join(r["plan"]))

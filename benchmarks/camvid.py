@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="10m")
     parser.add_argument("--work", type=Path, default=None, help="keep runs and logs here (default: a temp folder)")
     parser.add_argument("--picture", type=Path, default=None, help="write photo/truth/prediction rows here")
-    parser.add_argument("--train-args", default="", help="extra `catseg train` flags, quoted (the targets are for none)")
+    parser.add_argument("--train-args", default="",
+                        help="extra `catseg train` flags, quoted (the targets are for none)")
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         sys.exit(f"{args.data}: no CamVid here (see ../shared/data/README.md); skipped")

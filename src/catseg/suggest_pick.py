@@ -1,4 +1,4 @@
-"""Which photos `catseg suggest` pre-annotates: uncertain ones of different kinds, or typical ones of kinds not labelled yet.
+"""Which photos `catseg suggest` pre-annotates: uncertain ones of different kinds, or typical ones of unlabelled kinds.
 
 - `diverse_pick`: Zhdanov, "Diverse mini-batch Active Learning" (2019): the pool x N most uncertain photos
   are clustered into N groups with k-means weighted by the score, and the photo nearest each centre is taken.

@@ -391,3 +391,5 @@ def test_a_frozen_encoder_batchnorm_keeps_its_statistics_while_the_decoder_learn
     assert all(m.training for m in plain.net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     with pytest.raises(CatsegError, match="--encoder-bn"):
         TrainConfig(dataset="d", out="o", encoder_bn="freeze").validate()
+    with pytest.raises(CatsegError, match="--encoder-bn frozen keeps"):
+        TrainConfig(dataset="d", out="o", encoder_bn="frozen", encoder_weights="none").validate()

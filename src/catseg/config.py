@@ -124,6 +124,9 @@ class TrainConfig:
             problems.append(f"--lr {self.lr}: must be positive")
         if self.encoder_bn not in ("auto", "train", "frozen"):
             problems.append(f"--encoder-bn {self.encoder_bn!r}: use auto, train or frozen")
+        elif self.encoder_bn == "frozen" and self.encoder_weights == "none":
+            problems.append("--encoder-bn frozen keeps the pretrained encoder's statistics, and --encoder-weights none "
+                            "has none (random weights would keep mean 0, variance 1): use --encoder-bn auto or train")
         if not 0 <= self.encoder_lr <= 10:
             problems.append(f"--encoder-lr {self.encoder_lr}: a fraction of --lr between 0 (frozen encoder) and 10")
         if not 0 <= self.warmup < 1:

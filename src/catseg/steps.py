@@ -134,7 +134,7 @@ def frozen_encoder_bn(config: TrainConfig) -> bool:
 
     Pets, 10 minutes (a slower day of the 2-core AVX-512 machine, ~31 epochs): pet IoU 0.878 frozen against
     0.860 following each batch of 8; 2 minutes: 0.837 against 0.833. Batches of 8 crops estimate the
-    statistics of 1280-channel layers poorly, and ImageNet's are a better normaliser for photos."""
+    statistics of layers of up to 1152 channels poorly, and ImageNet's are a better normaliser for photos."""
     return config.encoder_bn == "frozen" or (config.encoder_bn == "auto" and pretrained_encoder(config))
 
 

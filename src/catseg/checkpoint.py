@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from catseg.config import TrainConfig
+from catseg.ema import WeightAverage
 from catseg.errors import CatsegError
 from catseg.files import remove_stale_temporaries
 from catseg.models import load_weights
@@ -46,6 +47,10 @@ def resume(training: Training, state: dict[str, Any]) -> float:
     else:  # a run written before the one-file checkpoint
         load_weights(t.ctx.model, t.folder.root / LAST_WEIGHTS)
     t.optimizer.load_state_dict(state["optimizer"])
+    if t.ema is not None and state.get("ema"):
+        t.ema.load_state_dict(state["ema"])
+    elif t.ema is not None:  # a checkpoint without an average (an older run): the average starts from here
+        t.ema = WeightAverage(t.ctx.model, t.ema.decay)
     if t.ctx.scaler is not None and state.get("scaler"):
         t.ctx.scaler.load_state_dict(state["scaler"])
     t.epoch, t.step, t.batch = int(state["epoch"]), int(state["step"]), int(state.get("batch", 0))
@@ -89,7 +94,8 @@ def write_checkpoint(t: Training) -> None:
         "epoch": t.epoch, "step": t.step, "batch": t.batch, "elapsed": t.clock.elapsed(),
         "val_seconds": t.val_seconds, "finish_reserve": t.finish_reserve, "window": asdict(t.window),
         "history": t.history, "best": t.best.to_json(),
-        "rng": rng_state(), "replaces": str(t.replaces) if t.replaces else "", "world": t.dist.world})
+        "rng": rng_state(), "replaces": str(t.replaces) if t.replaces else "", "world": t.dist.world,
+        "ema": t.ema.state_dict() if t.ema is not None else {}})
     t.last_checkpoint = time.perf_counter()
 
 

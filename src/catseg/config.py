@@ -68,6 +68,8 @@ class TrainConfig:
     batch_size: int = _f(8, "images per optimisation step")
     lr: float = _f(1e-3, "peak AdamW learning rate")
     weight_decay: float = _f(1e-4, "AdamW weight decay")
+    ema: float = _f(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.99) and "
+                         "validate and keep the average instead of the last step's weights; 0 = off")
     warmup: float = _f(0.05, "fraction of all steps spent warming the learning rate up linearly")
     val_fraction: float = _f(0.2, "fraction of images held out for validation when the dataset names no val split")
     train_split: str = _f("", "named split of dataset.json to train on (default: 'train', else all but val/test)")
@@ -122,6 +124,8 @@ class TrainConfig:
             problems.append(f"--depth {self.depth}: at most 7 levels")
         if not self.lr > 0:
             problems.append(f"--lr {self.lr}: must be positive")
+        if not 0.0 <= self.ema < 1.0:
+            problems.append(f"--ema {self.ema}: give a decay per step below 1, e.g. 0.99 (0 = off)")
         if self.encoder_bn not in ("auto", "train", "frozen"):
             problems.append(f"--encoder-bn {self.encoder_bn!r}: use auto, train or frozen")
         elif self.encoder_bn == "frozen" and self.encoder_weights == "none":

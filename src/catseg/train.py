@@ -24,6 +24,7 @@ from catseg.cache import CachedSample, band_preprocess, with_train_statistics
 from catseg.config import TrainConfig
 from catseg.data import DatasetInfo, choose_split, read_dataset
 from catseg.distributed import Dist, session
+from catseg.ema import WeightAverage
 from catseg.errors import CatsegError
 from catseg.hardware import (Forward, default_workers, intra_op_threads, precision_name, resolve_device,
                              resolve_precision)
@@ -122,6 +123,7 @@ class Training:
     finish_reserve: float = 0.0  # seconds of the time budget kept for the finish (taken after epoch 1)
     dist: Dist = field(default_factory=Dist)  # the processes training together (catseg.distributed)
     train_ctx: StepContext | None = None  # ctx with the DistributedDataParallel forward; None: ctx itself
+    ema: WeightAverage | None = None  # --ema: the moving average of the weights that validation scores and keeps
 
     @property
     def steps_per_epoch(self) -> int:
@@ -233,7 +235,9 @@ def _set_up(config: TrainConfig, info: DatasetInfo, folder: RunFolder, train_cac
         # BatchNorm cannot normalise a batch of one image (pooling layers see one value per channel).
         raise CatsegError(f"{info.root}: {len(dataset)} training image after the validation split; "
                           "training needs at least 2. Add images or lower --val-fraction.")
-    return Training(config, info, folder, ctx, optimizer, dataset, val_cache, workers, Clock(time.perf_counter()))
+    training = Training(config, info, folder, ctx, optimizer, dataset, val_cache, workers, Clock(time.perf_counter()))
+    training.ema = WeightAverage(forward.model, config.ema) if config.ema else None
+    return training
 
 
 def _start_clock(config: TrainConfig, started: float, elapsed_before: float, steps_per_epoch: int,
@@ -278,6 +282,8 @@ def _train_one_epoch(t: Training, progress: Progress | None) -> None:
         loss = train_step(t.train_ctx or t.ctx, t.optimizer, images, masks)
         if not math.isfinite(loss):
             checkpoint.diverged(t, f"the loss is {loss}")
+        if t.ema is not None:
+            t.ema.update(t.ctx.model)
         t.step += 1
         t.batch += 1
         n_steps += 1
@@ -316,7 +322,8 @@ def _validation_due(t: Training) -> bool:
 def _validate_and_keep_best(t: Training) -> bool:
     """Validate, add the metrics.csv row, keep the weights if they are the best so far; return whether."""
     val_start = time.perf_counter()
-    val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size, t.dist, t.info.background)
+    with _averaged(t):
+        val = validate(t.ctx, t.val_cache, t.info.classes, t.config.batch_size, t.dist, t.info.background)
     val_time = time.perf_counter() - val_start
     t.val_seconds += val_time
     w = t.window
@@ -340,7 +347,8 @@ def _validate_and_keep_best(t: Training) -> bool:
         t.best = BestEpoch(t.epoch, val["val_miou"], val.get("threshold"), val["val_ece"],
                            val.get("val_iou_at_threshold"))
         if t.dist.is_main:
-            t.folder.save_best(t.ctx.model, t.best, t.history, t.epoch)
+            with _averaged(t):
+                t.folder.save_best(t.ctx.model, t.best, t.history, t.epoch)
     # Every validated epoch is in metrics.csv; the log gets improvements and a line every 10 s, so epochs
     # of a fraction of a second (small data) do not flood the terminal.
     if improved or time.perf_counter() - t.last_line >= 10.0:
@@ -349,6 +357,11 @@ def _validate_and_keep_best(t: Training) -> bool:
                  t.epoch, row["train_loss"], row["val_loss"], row["val_miou"], " (best)" if improved else "",
                  row["images_per_s"], 100 * row["data_wait_frac"], row["seconds"], t.clock.eta(t.step))
     return improved
+
+
+def _averaged(t: Training) -> contextlib.AbstractContextManager[None]:
+    """Within the block the model holds the weights validation scores: the moving average with --ema."""
+    return t.ema.applied(t.ctx.model) if t.ema is not None else contextlib.nullcontext()
 
 
 def _write_progress(t: Training, improved: bool) -> None:

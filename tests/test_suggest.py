@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,24 @@ def test_typical_suggest_clusters_with_the_runs_own_photos(tiny_run: Path, tmp_p
                  "--device", "cpu", "--pick", "typical"]) == 0
     assert (f"the first 2: typical photos of the kinds least covered by the run's {labelled} labelled photos "
             "(--pick typical)") in capsys.readouterr().out
+    rows = _rows(tmp_path / "o" / RANKING_FILE)
+    assert [r["annotation_status"] for r in rows] == ["written", "written", ""]
+
+
+def test_typical_suggest_without_the_runs_dataset_warns_and_still_picks(tiny_run: Path, tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "moved-run"  # a run folder copied to another machine, without its dataset
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"] = config["train"]["dataset"] = str(tmp_path / "gone")
+    (run / "config.json").write_text(json.dumps(config))
+    _photos(tmp_path / "photos")
+    with caplog.at_level("WARNING", logger="catseg"):
+        assert main(["suggest", str(run), str(tmp_path / "photos"), "--top", "2", "--out", str(tmp_path / "o"),
+                     "--device", "cpu", "--pick", "typical"]) == 0
+    assert any("the run's dataset" in r.getMessage() and "gone" in r.getMessage() for r in caplog.records)
+    assert "by the run's 0 labelled photos (--pick typical)" in capsys.readouterr().out
     rows = _rows(tmp_path / "o" / RANKING_FILE)
     assert [r["annotation_status"] for r in rows] == ["written", "written", ""]
 

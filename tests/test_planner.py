@@ -243,6 +243,20 @@ def test_pretrained_measurement_is_real() -> None:
     assert 0 < plan_pretrained.pretrained_seconds_per_step(config, 64, 2, repeats=1) < 30
 
 
+def test_step_timing_skips_the_warm_up_and_can_take_the_fastest_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from catseg import steps
+
+    durations = iter([0.2, 0.2, 0.05, 0.01, 0.04, 0.03, 0.05] * 2)  # two slow warm-up steps, then five timed
+    monkeypatch.setattr(steps, "train_step", lambda *a: time.sleep(next(durations)))
+    ctx = type("Ctx", (), {"device": torch.device("cpu")})()
+    median = steps.step_seconds(ctx, None, None, None)
+    fastest = steps.step_seconds(ctx, None, None, None, fastest=True)
+    assert 0.04 <= median < 0.1  # the median of the five timed steps: the warm-up's 0.2 s are not counted
+    assert 0.01 <= fastest < 0.025 < median
+
+
 def test_unet_options_with_auto_mean_the_unet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
     config, notes = planner.resolve_auto(TrainConfig(dataset="d", out="r", width=4, depth=2))

@@ -76,6 +76,22 @@ def test_a_run_with_ema_keeps_the_average_and_resumes_it(tmp_path: Path, tiny_da
     assert resumed["ema"]["updates"] == resumed["step"] == 2 * state["step"]
 
 
+def test_a_run_no_validation_improved_still_keeps_the_average(tmp_path: Path, tiny_dataset: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from catseg.run import BestEpoch
+
+    monkeypatch.setattr(BestEpoch, "beaten_by", lambda self, val_miou: False)  # as when validation gives NaN
+    out = tmp_path / "run"
+    fit(TrainConfig(dataset=str(tiny_dataset), out=str(out), width=4, depth=2, size=32, epochs=1, batch_size=4,
+                    lr=1e-2, precision="fp32", ema=0.5).validate())
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    kept = load_file(out / "model.safetensors")
+    floats = [k for k in kept if kept[k].is_floating_point()]
+    assert all(torch.equal(kept[k], state["ema"]["shadow"][k]) for k in floats)
+
+
 def test_ema_of_one_or_more_is_refused() -> None:
     with pytest.raises(CatsegError, match="--ema 1.0: give a decay per step below 1"):
         TrainConfig(dataset="d", out="o", ema=1.0).validate()
+    with pytest.raises(CatsegError, match="--ema -0.5: .* and not below 0"):
+        TrainConfig(dataset="d", out="o", ema=-0.5).validate()

@@ -125,7 +125,7 @@ class TrainConfig:
         if not self.lr > 0:
             problems.append(f"--lr {self.lr}: must be positive")
         if not 0.0 <= self.ema < 1.0:
-            problems.append(f"--ema {self.ema}: give a decay per step below 1, e.g. 0.99 (0 = off)")
+            problems.append(f"--ema {self.ema}: give a decay per step below 1 and not below 0, e.g. 0.99 (0 = off)")
         if self.encoder_bn not in ("auto", "train", "frozen"):
             problems.append(f"--encoder-bn {self.encoder_bn!r}: use auto, train or frozen")
         elif self.encoder_bn == "frozen" and self.encoder_weights == "none":

@@ -384,8 +384,9 @@ def _write_progress(t: Training, improved: bool) -> None:
 def _finish(t: Training, started: float) -> FitResult:
     """Choose mirror TTA and clean-up on validation with the best weights, write the final run files."""
     model = t.ctx.model
-    if not (t.folder.root / WEIGHTS).is_file():
-        t.folder.save_best(model, t.best, t.history, t.epoch)
+    if not (t.folder.root / WEIGHTS).is_file():  # no validation scored (e.g. NaN): keep what validation would have
+        with _averaged(t):
+            t.folder.save_best(model, t.best, t.history, t.epoch)
     load_weights(model, t.folder.root / WEIGHTS)
     mirror, cleanup, tried = choose_finish(t.ctx, t.val_cache, t.best.threshold, t.info.background)
     t.best.postprocess_val_miou = tried

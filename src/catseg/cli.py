@@ -93,10 +93,14 @@ def _add_tta_flags(p: argparse.ArgumentParser, scales: bool = True, where: str =
                             "slower); default: as training chose on validation (config.json \"tta\")")
     group.add_argument("--no-tta", dest="tta", action="store_false", help="never mirror, whatever training chose")
     if scales:
-        p.add_argument("--tta-scales", default="1", help="comma list of size factors to average over, e.g. 0.75,1,1.25")
+        p.add_argument("--tta-scales", default=None,
+                       help="comma list of size factors to average over, e.g. 0.75,1,1.25; default: as training chose "
+                            "on validation (config.json \"tta\": \"scales\", else 1)")
 
 
-def _scales(text: str) -> list[float]:
+def _scales(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:

@@ -61,7 +61,7 @@ def _choose_stems(run_dir: Path, dataset_dir: Path, split: str | None) -> tuple[
 def evaluate(run_dir: str | Path, dataset_dir: str | Path, split: str | None = None, out_dir: str | Path | None = None,
              threshold: float | None = None, device: str = "auto", force: bool = False,
              predictor: Predictor | None = None, tta: bool | None = None,
-             tta_scales: Sequence[float] = (1.0,), report: bool = False, report_worst: int = 12,
+             tta_scales: Sequence[float] | None = None, report: bool = False, report_worst: int = 12,
              shard: Shard | None = None) -> dict[str, Any]:
     """Return the scores of a run on a dataset (see the README's summary.json) and write them to out_dir;
     with `report`, also report.html (figures and the `report_worst` worst images; catseg.report).

@@ -107,7 +107,8 @@ def run_fingerprint(run_dir: Path, config: RunConfig) -> str:
 
 def build_graph(model: torch.nn.Module, config: RunConfig, flip: bool) -> PhotoGraph:
     """Return the run's whole prediction as one module, in eval mode (the wrapper and the network)."""
-    graph = PhotoGraph(model.float(), config.preprocess, config.num_classes, config.threshold, flip)
+    graph = PhotoGraph(model.float(), config.preprocess, config.num_classes, config.threshold, flip,
+                       tuple(config.tta.get("scales", (1.0,))))
     return graph.eval()
 
 
@@ -168,7 +169,7 @@ def _metadata(config: RunConfig, outputs: str, flip: bool, fingerprint: str) -> 
         "size_policy": ("stretch: the photo is resized to size x size inside the graph" if pre.whole_image else
                         "scale: shorter side -> size inside the graph, patch x patch windows overlapping by half, "
                         "blended with a Gaussian weight, all inside the graph"),
-        "tta": json.dumps({"flip": flip}),
+        "tta": json.dumps({"flip": flip, **({"scales": config.tta["scales"]} if "scales" in config.tta else {})}),
         "postprocess": json.dumps(config.postprocess), "postprocess_note": POSTPROCESS_NOTE,
         "source_fingerprint": fingerprint,
     }

@@ -278,10 +278,12 @@ class PhotoGraph(nn.Module):
     """(H, W, C) uint8 photo -> (H, W) uint8 class mask and (K, H, W) float32 probabilities, any H and W."""
 
     def __init__(self, model: nn.Module, pre: Preprocess, num_classes: int, threshold: float | None = None,
-                 flip: bool = False) -> None:
+                 flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> None:
         super().__init__()
         self.model = model
         self.pre = pre
+        # the working size's multiples averaged over, as Predictor: each a fixed size, so a Python loop traces
+        self.sizes = [max(16, round(pre.size * s)) for s in scales]
         self.threshold = threshold if num_classes == 2 else None
         self.flip = flip
         self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -289,30 +291,34 @@ class PhotoGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the (H, W) uint8 mask (before clean-up) and (K, H, W) probabilities of an (H, W, C) photo."""
-        probs = self.probabilities(image)  # (K, H, W)
-        if self.flip:  # mirror TTA: the mirrored photo's probabilities, mirrored back, averaged in
-            probs = (probs + self.probabilities(image.flip(1)).flip(-1)) / 2
+        total = []
+        for size in self.sizes:
+            total.append(self.probabilities(image, size))  # (K, H, W)
+            if self.flip:  # mirror TTA: the mirrored photo's probabilities, mirrored back, averaged in
+                total.append(self.probabilities(image.flip(1), size).flip(-1))
+        probs = total[0] if len(total) == 1 else torch.stack(total).mean(0)
         if self.threshold is not None:
             mask = probs[1] >= self.threshold
         else:
             mask = probs.argmax(0)
         return mask.to(torch.uint8), probs
 
-    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """Return (K, H, W) probabilities of one (H, W, C) uint8 photo, without TTA."""
+    def probabilities(self, image: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Return (K, H, W) probabilities of one (H, W, C) uint8 photo at working size `size` (default the
+        run's), without TTA."""
+        size = size or self.pre.size
         shape = image.shape[0], image.shape[1]  # ints when eager, 0-d tensors when traced
         height, width = dim(image, 0), dim(image, 1)
         x = image.permute(2, 0, 1).float()  # (C, H, W), values 0-255
         if self.pre.whole_image:
-            size = _const(self.pre.size)
-            x = resize_like_cv2(x, size, size).reshape(self.pre.channels, self.pre.size, self.pre.size)  # static
+            x = resize_like_cv2(x, _const(size), _const(size)).reshape(self.pre.channels, size, size)  # static
         else:
-            x = resize_like_cv2(x, *scale_working_size(height, width, self.pre.size))
+            x = resize_like_cv2(x, *scale_working_size(height, width, size))
         x = (x[None] / 255.0 - self.mean) / self.std  # (1, C, h, w), as Preprocess.normalise
         if self.pre.whole_image:
             logits = self.model(x).float()
         else:
             logits = sliding_window_graph(self.model, x[0], self.pre.window, self.pre.overlap,
-                                          self.pre.channels if self.pre.window <= self.pre.size else 0)[None]
+                                          self.pre.channels if self.pre.window <= size else 0)[None]
         logits = F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)
         return logits.softmax(1)[0]

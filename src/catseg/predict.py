@@ -40,14 +40,15 @@ class Predictor:
     """A trained model with its preprocessing, rebuilt from a run folder alone."""
 
     def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
-                 tta: bool | None = None, tta_scales: Sequence[float] = (1.0,)) -> None:
+                 tta: bool | None = None, tta_scales: Sequence[float] | None = None) -> None:
         self.config = config
         self.pre = config.preprocess
         self.forward = Forward(model.eval(), device, dtype)
         self.postprocess = Postprocess.from_json(config.postprocess)  # chosen on validation at training
         # Also average over the horizontally flipped photo: as asked, else as chosen on validation at training.
         self.tta = bool(config.tta.get("flip", False)) if tta is None else tta
-        self.tta_scales = tuple(tta_scales)  # and over these multiples of the working size
+        # ...and over these multiples of the working size: as asked, else as chosen on validation at training
+        self.tta_scales = tuple(config.tta.get("scales", (1.0,)) if tta_scales is None else tta_scales)
         bad = [v for v in self.tta_scales if not 0.25 <= v <= 4.0]
         if bad or not self.tta_scales:
             raise CatsegError(f"--tta-scales {','.join(map(str, self.tta_scales))}: give factors between 0.25 and 4, "
@@ -60,7 +61,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str = "auto", tta: bool | None = None,
-                 tta_scales: Sequence[float] = (1.0,)) -> Predictor:
+                 tta_scales: Sequence[float] | None = None) -> Predictor:
         """Return a Predictor for the best weights of a run folder. `tta` None mirrors the photo when training
         found that it helps on validation (config.json "tta"); True or False decides it here."""
         run_dir = Path(run_dir)
@@ -175,7 +176,7 @@ def _encode(fmt: str, image: np.ndarray, probs: torch.Tensor | None, mask: np.nd
 
 def predict_files(run_dir: str | Path, inputs: Sequence[str], out_dir: str | Path, formats: Sequence[str] = ("mask",),
                   threshold: float | None = None, device: str = "auto", batch_size: int = 4,
-                  force: bool = False, tta: bool | None = None, tta_scales: Sequence[float] = (1.0,),
+                  force: bool = False, tta: bool | None = None, tta_scales: Sequence[float] | None = None,
                   backend: str | None = None, labelme: LabelmeOptions | None = None,
                   shard: Shard | None = None) -> list[Path]:
     """Predict every input photo and write the chosen formats into out_dir; return the written paths.
@@ -303,7 +304,7 @@ def _predict_chunk(predictor: Any, images: Sequence[np.ndarray], threshold: floa
 
 
 def open_predictor(source: str | Path, backend: str | None = None, device: str = "auto", tta: bool | None = None,
-                   tta_scales: Sequence[float] = (1.0,), threads: int = 0) -> Any:
+                   tta_scales: Sequence[float] | None = None, threads: int = 0) -> Any:
     """Return a Predictor (backend "torch") or a catseg.onnx_backend.OnnxPredictor (backend "onnx", or
     "openvino": the same file run by OpenVINO) for a run folder or an exported .onnx file, logging which
     backend runs; never falls back from one to another."""
@@ -325,8 +326,9 @@ def open_predictor(source: str | Path, backend: str | None = None, device: str =
     problems = []
     if device == "cuda":
         problems.append(f"--device cuda: the {backend} backend runs on the CPU; use --backend torch for a GPU")
-    if tuple(tta_scales) != (1.0,):
-        problems.append(f"--tta-scales: the {backend} backend predicts at the working size only; use --backend torch")
+    if tta_scales is not None:
+        problems.append(f"--tta-scales: the {backend} backend predicts at the sizes exported into its graph (the "
+                        "run's choice); use --backend torch for others")
     if problems:
         raise CatsegError(f"cannot predict with the {backend} backend", problems)
     runtime = "onnxruntime"

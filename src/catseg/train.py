@@ -40,7 +40,8 @@ from catseg.validation import choose_finish, validate
 log = logging.getLogger(__name__)
 
 # The finish costs about this many validations (two predictions of each validation photo, then the clean-ups
-# scored): CamVid with 256 px windows, 15 s a validation, finished in about 50 s.
+# scored): CamVid with 256 px windows, 15 s a validation, finished in about 50 s. Each --try-scales size s adds
+# two predictions of s * s the pixels.
 FINISH_VALIDATIONS = 3.0
 # A run of at most this many epochs (--epochs, no time budget) validates every one: skipping some would leave
 # its curve and its choice of best epoch a point or two, for little time saved.
@@ -336,7 +337,8 @@ def _validate_and_keep_best(t: Training) -> bool:
     if t.epoch == 1 and t.clock.deadline is not None and not t.finish_reserve:
         # The finish (choose_finish: the validation photos predicted plain and mirrored, then every clean-up
         # scored) comes after the loop; keep its time inside the budget. Rank 0's figure, so every rank agrees.
-        reserve = t.finish_reserve = float(t.dist.broadcast(FINISH_VALIDATIONS * val_time))
+        validations = FINISH_VALIDATIONS + sum(2 * v * v for v in t.config.try_scale_list)  # plain and mirrored
+        reserve = t.finish_reserve = float(t.dist.broadcast(validations * val_time))
         t.clock.deadline -= reserve
         fits = max(1, int((t.clock.deadline - t.clock.loop_start) // max(1e-9, row["seconds"])))
         log.info("time budget %s: the first epoch (%d steps + validation) took %.1fs, so about %d epochs fit",
@@ -388,13 +390,18 @@ def _finish(t: Training, started: float) -> FitResult:
         with _averaged(t):
             t.folder.save_best(model, t.best, t.history, t.epoch)
     load_weights(model, t.folder.root / WEIGHTS)
-    mirror, cleanup, tried = choose_finish(t.ctx, t.val_cache, t.best.threshold, t.info.background)
-    t.best.postprocess_val_miou = tried
-    log.info("on validation (mIoU): %s", ", ".join(f"{k} {v:.4f}" for k, v in tried.items()))
-    log.info("prediction will use: %s%s", "mirror test-time augmentation, " if mirror else "",
-             f"clean-up {cleanup.describe()}" if cleanup.active else "no clean-up")
-    t.folder.write_config(t.best, t.history, t.epoch, postprocess=cleanup.to_json() if cleanup.active else {},
-                          tta={"flip": True} if mirror else {})
+    choice = choose_finish(t.ctx, t.val_cache, t.best.threshold, t.info.background, t.config.try_scale_list)
+    t.best.postprocess_val_miou = choice.tried
+    log.info("on validation (mIoU): %s", ", ".join(f"{k} {v:.4f}" for k, v in choice.tried.items()))
+    sizes = (f"the photo also predicted at {', '.join(f'{s:g}' for s in choice.scales[1:])}x the working size, "
+             if len(choice.scales) > 1 else "")
+    log.info("prediction will use: %s%s%s", "mirror test-time augmentation, " if choice.mirror else "", sizes,
+             f"clean-up {choice.cleanup.describe()}" if choice.cleanup.active else "no clean-up")
+    tta: dict[str, Any] = {"flip": True} if choice.mirror else {}
+    if len(choice.scales) > 1:
+        tta["scales"] = list(choice.scales)
+    t.folder.write_config(t.best, t.history, t.epoch, postprocess=choice.cleanup.to_json() if choice.cleanup.active
+                          else {}, tta=tta)
     where = replace_run(t.folder.root, t.replaces) if t.replaces is not None else t.folder.root
     return FitResult(where, t.epoch, t.best.epoch, float(t.best.val_miou), t.best.threshold,
                      time.perf_counter() - started, t.history)

@@ -1,17 +1,20 @@
-"""Validation during training, and the choice made on validation at its end (mirror TTA and clean-up)."""
+"""Validation during training, and the choice made on validation at its end (mirror TTA, sizes and clean-up)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from catseg.cache import CachedSample, stack_batch
 from catseg.calibration import CalibrationAccumulator, ThresholdSearch, threshold_target
 from catseg.metrics import MetricAccumulator
 from catseg.postprocess import Postprocess, choose_postprocess
+from catseg.preprocess import resize_image
 from catseg.steps import StepContext
 
 if TYPE_CHECKING:
@@ -73,31 +76,70 @@ def _sum_over_ranks(dist: Dist, metrics: MetricAccumulator, calibration: Calibra
     return float(summed[6][0]), int(summed[6][1])
 
 
+@dataclass
+class FinishChoice:
+    """What the finish chose on validation: mirror TTA, the prediction sizes averaged (multiples of the working
+    size; (1.0,) = the working size alone), the clean-up, and every candidate's validation mIoU."""
+
+    mirror: bool
+    scales: tuple[float, ...]
+    cleanup: Postprocess
+    tried: dict[str, float]
+
+
 @torch.inference_mode()
 def choose_finish(ctx: StepContext, samples: Sequence[CachedSample], threshold: float | None,
-                  background: int | None = 0) -> tuple[bool, Postprocess, dict[str, float]]:
-    """Return (mirror TTA on?, mask clean-up, every candidate's mIoU), chosen on the validation photos at the
-    working scale. Mirroring is kept when averaging with the flipped photo raises validation mIoU; the
-    clean-up is then chosen on those predictions. Doing nothing wins ties."""
+                  background: int | None = 0, scales: Sequence[float] = ()) -> FinishChoice:
+    """Choose, on the validation photos, mirror TTA, extra prediction sizes and the clean-up.
+
+    Candidates, cheapest first: the working size alone, or averaged with each of `scales` (the photo also
+    predicted that many times larger or smaller, its probabilities resized back), each plain and averaged
+    with the mirrored photo; the clean-up is chosen on each candidate's masks. A dearer candidate is kept
+    only when it raises validation mIoU, so doing nothing wins ties."""
     ctx.model.eval()
-    preds: dict[bool, list[np.ndarray]] = {False: [], True: []}
+    options = [(1.0,)] + [(1.0, float(s)) for s in scales]
+    candidates = [(sizes, flip) for sizes in options for flip in (False, True)]
+    preds: dict[tuple[tuple[float, ...], bool], list[np.ndarray]] = {c: [] for c in candidates}
     truths = []
     for images, masks in validation_batches(samples, 8, ctx.pre.whole_image):
-        plain = _logits(ctx, images).softmax(1)
-        both = (plain + _logits(ctx, images.flip(2)).softmax(1).flip(-1)) / 2  # images are (B, H, W, C)
-        for flip, probs in ((False, plain), (True, both)):
-            labels = (probs[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else probs.argmax(1)
-            preds[flip] += list(labels.to(torch.uint8).cpu().numpy())
+        probs = {}
+        for scale in {s for sizes in options for s in sizes}:
+            plain = _scaled_probs(ctx, images, scale)
+            probs[scale, False] = plain
+            probs[scale, True] = (plain + _scaled_probs(ctx, images.flip(2), scale).flip(-1)) / 2  # (B, H, W, C)
+        for sizes, flip in candidates:
+            mean = sum(probs[s, flip] for s in sizes) / len(sizes)
+            labels = (mean[:, 1] >= threshold) if ctx.num_classes == 2 and threshold is not None else mean.argmax(1)
+            preds[sizes, flip] += list(labels.to(torch.uint8).cpu().numpy())
         truths += list(masks.numpy().astype(np.uint8))
     ctx.model.train()
-    plain_cleanup, plain_tried = choose_postprocess(preds[False], truths, ctx.num_classes, ctx.ignore_index,
-                                                    background=background)
-    flip_cleanup, flip_tried = choose_postprocess(preds[True], truths, ctx.num_classes, ctx.ignore_index,
-                                                  background=background)
-    tried = {**plain_tried, **{f"mirror-tta+{k}" if k != "none" else "mirror-tta": v for k, v in flip_tried.items()}}
-    if max(flip_tried.values()) > max(plain_tried.values()) + 1e-4:
-        return True, flip_cleanup, tried
-    return False, plain_cleanup, tried
+    best: FinishChoice | None = None
+    tried: dict[str, float] = {}
+    for sizes, flip in candidates:
+        cleanup, scores = choose_postprocess(preds[sizes, flip], truths, ctx.num_classes, ctx.ignore_index,
+                                             background=background)
+        prefix = "+".join((["mirror-tta"] if flip else []) + ([_scales_name(sizes)] if len(sizes) > 1 else []))
+        tried.update({(f"{prefix}+{k}" if k != "none" else prefix) if prefix else k: v for k, v in scores.items()})
+        if best is None or max(scores.values()) > max(best.tried.values()) + 1e-4:
+            best = FinishChoice(flip, sizes, cleanup, scores)
+    assert best is not None
+    return FinishChoice(best.mirror, best.scales, best.cleanup, tried)
+
+
+def _scales_name(sizes: Sequence[float]) -> str:
+    return "scales-" + "+".join(f"{s:g}" for s in sizes)
+
+
+def _scaled_probs(ctx: StepContext, images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Return (B, K, H, W) probabilities of cached (B, H, W, C) images predicted at `scale` times their working
+    size, as prediction does (the logits resized back to the image, then softmax)."""
+    if scale == 1.0:
+        return _logits(ctx, images).softmax(1)
+    height, width = images.shape[1:3]
+    size = max(16, round(height * scale)), max(16, round(width * scale))
+    larger = torch.from_numpy(np.stack([resize_image(np.ascontiguousarray(im), *size) for im in images.numpy()]))
+    logits = F.interpolate(_logits(ctx, larger), size=(height, width), mode="bilinear", align_corners=False)
+    return logits.softmax(1)
 
 
 def _logits(ctx: StepContext, images: torch.Tensor) -> torch.Tensor:

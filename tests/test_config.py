@@ -42,3 +42,16 @@ def test_patch_and_window_go_with_the_scale_policy() -> None:
     text = str(info.value)
     assert "--patch goes with --resize scale" in text and "--window 8: at least 16" in text
     assert "--window goes with --resize scale" in text
+
+
+@pytest.mark.parametrize("text, values", [("", []), ("1.5", [1.5]), ("0.75, 1.5", [0.75, 1.5])])
+def test_try_scales_are_multiples_of_the_working_size(text: str, values: list[float]) -> None:
+    assert TrainConfig(dataset="d", out="r", try_scales=text).validate().try_scale_list == values
+
+
+@pytest.mark.parametrize("text, needle", [("big", "give multiples"), ("1", "not 1"), ("8", "between 0.25 and 4"),
+                                          ("1.5,nan", "between 0.25 and 4")])
+def test_bad_try_scales_say_what_to_give(text: str, needle: str) -> None:
+    with pytest.raises(CatsegError) as info:
+        TrainConfig(dataset="d", out="r", try_scales=text).validate()
+    assert needle in str(info.value) and "--try-scales" in str(info.value)

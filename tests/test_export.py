@@ -229,6 +229,29 @@ def test_no_tta_exports_without_mirroring(scale_run: Path, tmp_path: Path) -> No
     np.testing.assert_allclose(onnx_model.run(photo)["probs"], want.numpy(), atol=2e-3)
 
 
+@pytest.mark.parametrize("run_fixture", ["scale_run", "stretch_run"])
+def test_the_runs_chosen_prediction_sizes_are_inside_the_graph(run_fixture: str, request: pytest.FixtureRequest,
+                                                               tmp_path: Path) -> None:
+    """A run whose finish kept the photo also predicted 1.5x larger (config.json tta.scales): the torch backend
+    and the exported graph both average the two sizes (and the mirror), and the file's metadata says so."""
+    run = request.getfixturevalue(run_fixture)
+    doc = json.loads((run / "config.json").read_text())
+    doc["tta"] = {"flip": True, "scales": [1.0, 1.5]}
+    (run / "config.json").write_text(json.dumps(doc))
+    torch_predictor = _torch_predictor(run)
+    assert torch_predictor.tta_scales == (1.0, 1.5)
+    photo = _photo(45, 61)
+    want = torch_predictor.predict_proba(photo)
+    plain = Predictor.from_run(run, device="cpu", precision="fp32", tta_scales=(1.0,)).predict_proba(photo)
+    assert not torch.allclose(want, plain, atol=1e-3)  # the larger prediction changes the probabilities
+    report = export_onnx(run, tmp_path / "scales.onnx", threads=1)
+    assert report.min_agreement >= MIN_AGREEMENT
+    meta = {p.key: p.value for p in onnx.load(str(report.path), load_external_data=False).metadata_props}
+    assert json.loads(meta["tta"]) == {"flip": True, "scales": [1.0, 1.5]}
+    onnx_model = OnnxPredictor(report.path, threads=1)
+    np.testing.assert_allclose(onnx_model.run(photo)["probs"], want.numpy(), atol=5e-3)
+
+
 def test_mask_only_export(stretch_run: Path, tmp_path: Path) -> None:
     report = export_onnx(stretch_run, tmp_path / "mask.onnx", outputs="mask", threads=1)
     onnx_model = OnnxPredictor(report.path, threads=1)

@@ -104,6 +104,12 @@ def test_thin_and_rare_classes_shape_the_pretrained_plan(info, monkeypatch: pyte
     assert c.class_weights == "auto" and c.oversample == 0.0  # crops are drawn anywhere in the photo
     assert any(r.startswith("oversample off") for r in plan.reasons)
     assert all(plan.to_json()[k] == getattr(c, k) for k in ("resize", "patch", "window", "size"))
+    # ...and the finish also tries the photos predicted 1.5x larger, where the poles are wider
+    assert c.try_scales == plan_pretrained.THIN_TRY_SCALE == "1.5" and plan.to_json()["try_scales"] == "1.5"
+    assert any(r.startswith("try scales 1.5: Pole objects are thin") for r in plan.reasons)
+    kept = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m", try_scales=""), info,
+                                 info.stems(), {"try_scales"}).config
+    assert kept.try_scales == ""  # given (here: none) is kept
     # Large photos are scaled down only as far as keeps the thin objects CROP_THIN_PX wide
     monkeypatch.setattr(planner, "data_stats", lambda i, s: replace(_street_stats(i, s), median_short_side=1800,
                                                                     median_long_side=2400))

@@ -140,6 +140,7 @@ def test_auto_plans_the_pretrained_model_when_enough_steps_fit(info, monkeypatch
         c = plan.config
         assert (c.model, c.encoder, c.encoder_weights) == ("smp-unet", "efficientnet-lite0", "imagenet")
         assert plan.to_json()["model"] == "smp-unet" and any("ImageNet-pretrained" in r for r in plan.reasons)
+        assert c.try_scales == ""  # nothing thin (pets): the finish tries no other prediction size
         sizes[budget] = c.size
     assert sizes["2m"] == plan_pretrained.PRETRAINED_SIZES[0] and sizes["2m"] <= sizes["10m"] <= sizes["1h"]
     assert sizes["1h"] <= 320  # never beyond the photos' own size (median shorter side 333 px)

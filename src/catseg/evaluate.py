@@ -321,7 +321,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"pixel accuracy {f(summary['dataset']['pixel_accuracy'])}, calibration error (ECE) "
                  f"{f(summary.get('ece'))}" + (f", threshold {summary['threshold']:.2f}"
                                               if summary.get("threshold") is not None else "")
-                 + (", mirror TTA" if summary.get("tta", {}).get("flip") else ""))
+                 + (", mirror TTA" if summary.get("tta", {}).get("flip") else "")
+                 + (f", sizes {'+'.join(f'{s:g}x' for s in summary['tta']['scales'])}"
+                    if len(summary.get("tta", {}).get("scales", [1.0])) > 1 else ""))
     lines.append(f"(dataset-wide: pixels summed over all images, ignored pixels left out; /img: mean over images)\n"
                  f"written to {summary['out_dir']}")
     return "\n".join(lines)

@@ -282,8 +282,8 @@ class PhotoGraph(nn.Module):
         super().__init__()
         self.model = model
         self.pre = pre
-        # the working size's multiples averaged over, as Predictor: each a fixed size, so a Python loop traces
-        self.sizes = [max(16, round(pre.size * s)) for s in scales]
+        # the working size's multiples averaged over, as Predictor: each a fixed policy, so a Python loop traces
+        self.policies = [pre.scaled(s) for s in scales]
         self.threshold = threshold if num_classes == 2 else None
         self.flip = flip
         self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -292,10 +292,10 @@ class PhotoGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the (H, W) uint8 mask (before clean-up) and (K, H, W) probabilities of an (H, W, C) photo."""
         total = []
-        for size in self.sizes:
-            total.append(self.probabilities(image, size))  # (K, H, W)
+        for pre in self.policies:
+            total.append(self.probabilities(image, pre))  # (K, H, W)
             if self.flip:  # mirror TTA: the mirrored photo's probabilities, mirrored back, averaged in
-                total.append(self.probabilities(image.flip(1), size).flip(-1))
+                total.append(self.probabilities(image.flip(1), pre).flip(-1))
         probs = total[0] if len(total) == 1 else torch.stack(total).mean(0)
         if self.threshold is not None:
             mask = probs[1] >= self.threshold
@@ -303,22 +303,23 @@ class PhotoGraph(nn.Module):
             mask = probs.argmax(0)
         return mask.to(torch.uint8), probs
 
-    def probabilities(self, image: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """Return (K, H, W) probabilities of one (H, W, C) uint8 photo at working size `size` (default the
-        run's), without TTA."""
-        size = size or self.pre.size
+    def probabilities(self, image: torch.Tensor, pre: Preprocess | None = None) -> torch.Tensor:
+        """Return (K, H, W) probabilities of one (H, W, C) uint8 photo under size policy `pre` (default the
+        run's; Preprocess.scaled for the other prediction sizes), without TTA."""
+        pre = pre or self.pre
+        size = pre.size
         shape = image.shape[0], image.shape[1]  # ints when eager, 0-d tensors when traced
         height, width = dim(image, 0), dim(image, 1)
         x = image.permute(2, 0, 1).float()  # (C, H, W), values 0-255
-        if self.pre.whole_image:
-            x = resize_like_cv2(x, _const(size), _const(size)).reshape(self.pre.channels, size, size)  # static
+        if pre.whole_image:
+            x = resize_like_cv2(x, _const(size), _const(size)).reshape(pre.channels, size, size)  # static
         else:
             x = resize_like_cv2(x, *scale_working_size(height, width, size))
         x = (x[None] / 255.0 - self.mean) / self.std  # (1, C, h, w), as Preprocess.normalise
-        if self.pre.whole_image:
+        if pre.whole_image:
             logits = self.model(x).float()
         else:
-            logits = sliding_window_graph(self.model, x[0], self.pre.window, self.pre.overlap,
-                                          self.pre.channels if self.pre.window <= size else 0)[None]
+            logits = sliding_window_graph(self.model, x[0], pre.window, pre.overlap,
+                                          pre.channels if pre.window <= size else 0)[None]
         logits = F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)
         return logits.softmax(1)[0]

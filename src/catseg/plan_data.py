@@ -19,7 +19,7 @@ from catseg.images import open_image, read_mask
 from catseg.objects import object_widths, typical_width
 
 PLANNED = ("model", "encoder", "encoder_weights", "decoder_width", "precision", "size", "resize", "patch", "window",
-           "width", "augment", "lr", "class_weights", "oversample")
+           "width", "augment", "lr", "class_weights", "oversample", "try_scales")
 # Many classes and small objects (CamVid): the thinnest class's typical object should keep this many input
 # pixels of width. Its poles are ~5.4 px wide in 480 px photos: 256 px keeps them ~2.9 px, 160 px ~1.8 px.
 THIN_WIDTH_PX = 3.0

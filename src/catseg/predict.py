@@ -98,10 +98,10 @@ class Predictor:
         flips = (False, True) if self.tta else (False,)
         sums: list[torch.Tensor | None] = [None] * len(images)
         for scale in self.tta_scales:
-            size = max(16, round(self.pre.size * scale))
+            pre = self.pre.scaled(scale)
             for flip in flips:
                 batch = [np.ascontiguousarray(im[:, ::-1]) if flip else im for im in images]
-                for i, (im, lg) in enumerate(zip(images, self.pre.photo_logits(self.forward, batch, self.device, size))):
+                for i, (im, lg) in enumerate(zip(images, pre.photo_logits(self.forward, batch, self.device))):
                     probs = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)[0]
                     probs = probs.softmax(0)
                     probs = probs.flip(-1) if flip else probs

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -98,6 +98,18 @@ class Preprocess:
         """Return the (height, width) a photo is resized to before the model sees it (at `size`, default
         the run's own; test-time scale augmentation asks for others)."""
         return working_size(height, width, size or self.size, self.resize)
+
+    def scaled(self, scale: float) -> Preprocess:
+        """Return this policy at `scale` times the working size (test-time scales): under scale, a larger working
+        image gets windows larger by the same factor, so a photo predicted in one pass at the working size is
+        predicted in one pass at every size (memory still bounded by WINDOW x scale) instead of in several
+        overlapping windows, which would cost far more than scale squared."""
+        if scale == 1.0:
+            return self
+        size = max(16, round(self.size * scale))
+        if self.whole_image:
+            return replace(self, size=size, patch=size, window=size)
+        return replace(self, size=size, window=max(self.window, round(self.window * scale)))
 
     def resize_photo(self, image: np.ndarray, size: int | None = None) -> np.ndarray:
         """Return the photo (H, W, C) uint8 resized to its working size."""

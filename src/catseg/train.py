@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 # The finish costs about this many validations (two predictions of each validation photo, then the clean-ups
 # scored): CamVid with 256 px windows, 15 s a validation, finished in about 50 s. Each --try-scales size s adds
-# two predictions of s * s the pixels.
+# two predictions of s * s the pixels (Preprocess.scaled: windows grow with it) and the clean-ups of two more
+# candidates (about one validation).
 FINISH_VALIDATIONS = 3.0
 # A run of at most this many epochs (--epochs, no time budget) validates every one: skipping some would leave
 # its curve and its choice of best epoch a point or two, for little time saved.
@@ -337,7 +338,7 @@ def _validate_and_keep_best(t: Training) -> bool:
     if t.epoch == 1 and t.clock.deadline is not None and not t.finish_reserve:
         # The finish (choose_finish: the validation photos predicted plain and mirrored, then every clean-up
         # scored) comes after the loop; keep its time inside the budget. Rank 0's figure, so every rank agrees.
-        validations = FINISH_VALIDATIONS + sum(2 * v * v for v in t.config.try_scale_list)  # plain and mirrored
+        validations = FINISH_VALIDATIONS + sum(2 * v * v + 1 for v in t.config.try_scale_list)
         reserve = t.finish_reserve = float(t.dist.broadcast(validations * val_time))
         t.clock.deadline -= reserve
         fits = max(1, int((t.clock.deadline - t.clock.loop_start) // max(1e-9, row["seconds"])))

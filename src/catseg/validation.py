@@ -138,7 +138,8 @@ def _scaled_probs(ctx: StepContext, images: torch.Tensor, scale: float) -> torch
     height, width = images.shape[1:3]
     size = max(16, round(height * scale)), max(16, round(width * scale))
     larger = torch.from_numpy(np.stack([resize_image(np.ascontiguousarray(im), *size) for im in images.numpy()]))
-    logits = F.interpolate(_logits(ctx, larger), size=(height, width), mode="bilinear", align_corners=False)
+    logits = ctx.pre.scaled(scale).logits(ctx.forward, larger.to(ctx.device))
+    logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
     return logits.softmax(1)
 
 

@@ -79,6 +79,7 @@ class ExportReport:
     flip: bool
     parity: list[Parity] = field(default_factory=list)
     required: float = MIN_AGREEMENT  # the share of pixels every photo had to agree on
+    scales: tuple[float, ...] = (1.0,)  # the prediction sizes averaged inside (the run's tta.scales)
 
     @property
     def min_agreement(self) -> float:
@@ -87,6 +88,8 @@ class ExportReport:
     def summary(self) -> str:
         size = self.path.stat().st_size / 1e6 if self.path.is_file() else 0.0
         tta = ", mirror TTA inside" if self.flip else ""
+        if len(self.scales) > 1:
+            tta += f", sizes {'+'.join(f'{s:g}x' for s in self.scales)} inside"
         lines = [(f"wrote {self.path} ({size:.1f} MB, opset {OPSET}, outputs {'+'.join(self.outputs)}{tta})"),
                  (f"parity with the PyTorch backend (fp32, CPU) on {len(self.parity)} photos: every photo agrees on "
                   f">= {self.required:.1%} of pixels (min {self.min_agreement:.4%})")]
@@ -298,7 +301,8 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, outputs: str
     data = _with_metadata(data, _metadata(config, outputs, flip, run_fingerprint(run_dir, config)))
     predictor = Predictor(config, model, torch.device("cpu"), torch.float32, tta=flip)
     report = ExportReport(path, ["mask", "probs"] if outputs == "both" else [outputs], flip,
-                          compare(session_from(data, threads), predictor, photos), min_agreement)
+                          compare(session_from(data, threads), predictor, photos), min_agreement,
+                          tuple(predictor.tta_scales))
     bad = [p for p in report.parity if p.agreement < min_agreement]
     if bad:
         raise CatsegError(f"the exported graph disagrees with the PyTorch backend on {len(bad)} of "

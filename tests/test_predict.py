@@ -176,6 +176,19 @@ def test_flip_tta_is_mirror_symmetric_and_averages(tiny_run: Path) -> None:
         Predictor.from_run(tiny_run, device="cpu", tta_scales=(10.0,))
 
 
+@pytest.mark.parametrize("stored", ["1.5", [1.0, 9.0], [1.0, "big"], []])
+def test_a_broken_stored_size_list_names_config_json(tiny_run: Path, tmp_path: Path, stored: object) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    doc = json.loads((run / "config.json").read_text())
+    doc["tta"] = {**doc.get("tta", {}), "scales": stored}
+    (run / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CatsegError, match=r"config.json: \"tta\": \"scales\".*between 0.25 and 4"):
+        Predictor.from_run(run, device="cpu")
+    assert Predictor.from_run(run, device="cpu", tta_scales=(1.0,)).tta_scales == (1.0,)  # asked: the stored is not read
+
+
 def test_class_names_cannot_steer_output_paths(tiny_run: Path, tmp_path: Path) -> None:
     from catseg.photo_files import output_paths as _output_paths
 

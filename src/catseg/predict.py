@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,12 @@ class Predictor:
         # Also average over the horizontally flipped photo: as asked, else as chosen on validation at training.
         self.tta = bool(config.tta.get("flip", False)) if tta is None else tta
         # ...and over these multiples of the working size: as asked, else as chosen on validation at training
-        self.tta_scales = tuple(config.tta.get("scales", (1.0,)) if tta_scales is None else tta_scales)
-        bad = [v for v in self.tta_scales if not 0.25 <= v <= 4.0]
-        if bad or not self.tta_scales:
-            raise CatsegError(f"--tta-scales {','.join(map(str, self.tta_scales))}: give factors between 0.25 and 4, "
+        self.tta_scales = _scales(config.tta.get("scales", (1.0,)) if tta_scales is None else tta_scales)
+        if not self.tta_scales or any(not 0.25 <= v <= 4.0 for v in self.tta_scales):
+            if tta_scales is None:
+                raise CatsegError(f"the run's config.json: \"tta\": \"scales\" {config.tta.get('scales')!r} is not a "
+                                  "list of factors between 0.25 and 4; correct it (e.g. [1.0, 1.5]) or delete it")
+            raise CatsegError(f"--tta-scales {','.join(map(str, tta_scales))}: give factors between 0.25 and 4, "
                               "e.g. 0.75,1,1.25")
 
     @property
@@ -127,6 +130,15 @@ class Predictor:
     def predict(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Return the (H, W) uint8 class-id mask of one photo, at the photo's own size."""
         return self.labels_from_proba(self.predict_proba(image), threshold)
+
+
+def _scales(values: Any) -> tuple[float, ...]:
+    """Return the size factors as floats; () when they are not a list of finite numbers (the caller says so)."""
+    try:
+        scales = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return ()
+    return scales if all(math.isfinite(v) for v in scales) else ()
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5,

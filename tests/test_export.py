@@ -24,7 +24,7 @@ from catseg.errors import CatsegError
 from catseg.export import CHECK_SIZES, MIN_AGREEMENT, ONNX_FORMAT, build_graph, export_onnx, onnx_bytes, session_from
 from catseg.graph import AdaptiveAvgPool2dGraph, PhotoGraph, resize_like_cv2
 from catseg.models import create_model, list_models, preprocessing_for, save_weights
-from catseg.predict import Predictor, predict_files
+from catseg.predict import Predictor, open_predictor, predict_files
 from catseg.preprocess import Preprocess, resize_image
 from catseg.run import RunConfig
 from catseg.onnx_backend import OnnxPredictor, open_run_export
@@ -249,7 +249,14 @@ def test_the_runs_chosen_prediction_sizes_are_inside_the_graph(run_fixture: str,
     meta = {p.key: p.value for p in onnx.load(str(report.path), load_external_data=False).metadata_props}
     assert json.loads(meta["tta"]) == {"flip": True, "scales": [1.0, 1.5]}
     onnx_model = OnnxPredictor(report.path, threads=1)
+    assert onnx_model.info.scales == (1.0, 1.5)
     np.testing.assert_allclose(onnx_model.run(photo)["probs"], want.numpy(), atol=5e-3)
+    # naming the graph's own sizes is accepted (a script may pass the run's choice); others are refused
+    assert open_predictor(report.path, tta_scales=(1, 1.5)).info.scales == (1.0, 1.5)
+    with pytest.raises(CatsegError, match="--tta-scales 1: .*graph \\(1,1.5, the run's choice\\)"):
+        open_predictor(report.path, tta_scales=(1.0,))
+    with pytest.raises(CatsegError, match="--tta-scales 1,2: .*graph \\(1,1.5, the run's choice\\)"):
+        open_predictor(run, backend="onnx", tta_scales=(1.0, 2.0))
 
 
 def test_mask_only_export(stretch_run: Path, tmp_path: Path) -> None:
@@ -360,8 +367,10 @@ def test_onnx_backend_fails_loudly_never_falls_back(stretch_run: Path, tmp_path:
         predict_files(path, [str(photos)], tmp_path / "c", tta=False)
     with pytest.raises(CatsegError, match="--device cuda"):
         predict_files(stretch_run, [str(photos)], tmp_path / "d", backend="onnx", device="cuda")
-    with pytest.raises(CatsegError, match="--tta-scales"):
+    with pytest.raises(CatsegError, match="--tta-scales 0.75,1: .* sizes exported into its graph \\(1, the run"):
         predict_files(stretch_run, [str(photos)], tmp_path / "e", backend="onnx", tta_scales=(0.75, 1.0))
+    with pytest.raises(CatsegError, match="--tta-scales 1,1.5: .*graph \\(1,"):
+        predict_files(path, [str(photos)], tmp_path / "e", tta_scales=(1.0, 1.5))
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(CatsegError, match="onnxruntime cannot load it"):
         predict_files(tmp_path / "junk.onnx", [str(photos)], tmp_path / "f")

@@ -43,6 +43,7 @@ class OnnxInfo:
     fingerprint: str
     version: str
     background: int | None = None  # catseg.classes; files exported before it was stored: from the names
+    scales: tuple[float, ...] = (1.0,)  # the prediction sizes averaged inside the graph (the run's tta.scales)
 
     @property
     def num_classes(self) -> int:
@@ -54,8 +55,10 @@ class OnnxInfo:
             raise CatsegError(f"{path}: not an ONNX file written by `catseg export` (no catseg metadata); "
                               "export the run with `catseg export RUN --out FILE.onnx`")
         try:
+            tta = json.loads(meta["tta"])
             return cls(classes=list(json.loads(meta["classes"])), colors=[list(c) for c in json.loads(meta["colors"])],
-                       threshold=json.loads(meta["threshold"]), flip=bool(json.loads(meta["tta"])["flip"]),
+                       threshold=json.loads(meta["threshold"]), flip=bool(tta["flip"]),
+                       scales=tuple(float(v) for v in tta.get("scales", (1.0,))),
                        postprocess=dict(json.loads(meta["postprocess"])), fingerprint=meta.get("source_fingerprint", ""),
                        version=meta.get("catseg_version", "?"),
                        background=background_id(json.loads(meta["classes"]),

@@ -315,6 +315,13 @@ def _predict_chunk(predictor: Any, images: Sequence[np.ndarray], threshold: floa
     return predictor.predict_batch(images, threshold)
 
 
+def _graph_scales_problem(backend: str, asked: Sequence[float], graph: Sequence[float]) -> str:
+    """Say that --tta-scales cannot change the sizes exported into an ONNX graph."""
+    return (f"--tta-scales {','.join(f'{v:g}' for v in asked)}: the {backend} backend predicts at the sizes exported "
+            f"into its graph ({','.join(f'{float(v):g}' for v in graph)}, the run's choice); give those or none, or "
+            "use --backend torch for others")
+
+
 def open_predictor(source: str | Path, backend: str | None = None, device: str = "auto", tta: bool | None = None,
                    tta_scales: Sequence[float] | None = None, threads: int = 0) -> Any:
     """Return a Predictor (backend "torch") or a catseg.onnx_backend.OnnxPredictor (backend "onnx", or
@@ -338,9 +345,10 @@ def open_predictor(source: str | Path, backend: str | None = None, device: str =
     problems = []
     if device == "cuda":
         problems.append(f"--device cuda: the {backend} backend runs on the CPU; use --backend torch for a GPU")
-    if tta_scales is not None:
-        problems.append(f"--tta-scales: the {backend} backend predicts at the sizes exported into its graph (the "
-                        "run's choice); use --backend torch for others")
+    if tta_scales is not None and not is_file:  # the run's sizes go into the graph; the same ones may be named
+        stored = _scales(read_run_config(source).tta.get("scales", (1.0,)))
+        if _scales(tta_scales) != stored:
+            problems.append(_graph_scales_problem(backend, tta_scales, stored))
     if problems:
         raise CatsegError(f"cannot predict with the {backend} backend", problems)
     runtime = "onnxruntime"
@@ -352,6 +360,9 @@ def open_predictor(source: str | Path, backend: str | None = None, device: str =
     if not is_file:
         return open_run_export(source, tta=tta, threads=threads, runtime=runtime)
     predictor = OnnxPredictor(source, threads, runtime)
+    if tta_scales is not None and _scales(tta_scales) != predictor.info.scales:
+        raise CatsegError(f"{source}: cannot predict with the {backend} backend",
+                          [_graph_scales_problem(backend, tta_scales, predictor.info.scales)])
     if tta is not None and tta != predictor.info.flip:
         raise CatsegError(f"{source}: mirror TTA is {'on' if predictor.info.flip else 'off'} inside this file; "
                           f"--{'no-' if not tta else ''}tta cannot change it. Export again with "

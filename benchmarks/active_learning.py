@@ -1,7 +1,9 @@
-"""Does `catseg suggest` pick better photos to label than chance? Active learning on the Oxford-IIIT Pet sample.
+"""Does `catseg suggest` pick better photos to label than chance? Active learning on the Oxford-IIIT Pet sample,
+or on CamVid's street scenes.
 
     python benchmarks/active_learning.py                                  # 3 seeds, 20 + 20 photos, 2m each
     python benchmarks/active_learning.py --seeds 0,1,2,3,4 --initial 20 --add 20 --budget 2m --pick uncertain
+    python benchmarks/active_learning.py --camvid                         # CamVid, class-mean IoU
 
 The real command line throughout. Import the sample with the binary labels (`catseg import oxford-pets
 SRC DS --labels binary`), then hold out two fixed parts, the same for every seed: `test` (60 photos,
@@ -12,6 +14,12 @@ rank the remaining unlabelled photos with `catseg suggest` and add its top K, or
 train again from scratch with the same budget and seed on each enlarged set (the ground-truth mask
 plays the person who corrects the pre-annotation); score the three runs on `test`. Prints the CPU
 flags first, then one line per training, a table (IoU of the last class, `pet`) and a JSON line.
+
+`--camvid` asks the same of a pool as uneven as the pets are alike: CamVid (../shared/data/camvid), 11
+classes, where some frames hold bicyclists or pedestrians and many hold none. It imports CamVid with its own
+splits and void id 11; the test part is CamVid's whole `val` part (101 frames of a sequence no training frame
+comes from), `val` (20 frames) and the pool are drawn from its `train` part, and the score is the class-mean
+IoU over the 11 classes (void ignored), since a pick that finds the rare classes should show there.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from pathlib import Path
 from machine import cpu_flags  # benchmarks/machine.py
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"
+CAMVID_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+CAMVID_CLASSES = "Sky,Building,Pole,Road,Pavement,Tree,SignSymbol,Fence,Car,Pedestrian,Bicyclist"
 
 
 def catseg(*args: str) -> str:
@@ -43,10 +53,21 @@ def catseg(*args: str) -> str:
     return proc.stdout
 
 
-def prepare_dataset(data: Path, dataset: Path | None, work: Path) -> Path:
-    """Return a dataset folder: the one given, or the Oxford sample imported into work/pets once."""
+def prepare_dataset(data: Path, dataset: Path | None, work: Path, camvid: bool = False) -> Path:
+    """Return a dataset folder: the one given, or the Oxford sample (CamVid) imported into work once."""
     if dataset is not None:
         return dataset
+    if camvid:
+        data = CAMVID_DATA if data == DEFAULT_DATA else data
+        if not (data / "train").is_dir():
+            sys.exit(f"{data}: no CamVid here (see ../shared/data/README.md); pass --data")
+        out = work / "camvid"
+        if not (out / "dataset.json").is_file():
+            catseg("import", "masks", str(data), str(out), "--split", "train=train,trainannot",
+                   "--split", "val=val,valannot", "--classes", CAMVID_CLASSES, "--ignore-id", "11")
+            doc = read_doc(out)  # CamVid's val sequence becomes the test part; a val part is drawn from train
+            add_splits(out, {"test": doc["splits"]["val"], "camvid-train": doc["splits"]["train"]})
+        return out
     if not data.is_dir():
         sys.exit(f"{data}: the Oxford-IIIT Pet sample is not there; pass --data or --dataset")
     out = work / "pets"
@@ -60,11 +81,14 @@ def read_doc(dataset: Path) -> dict:
 
 
 def stems_of(dataset: Path) -> list[str]:
-    """Return the labelled stems outside an official `test` split (which this benchmark never uses)."""
+    """Return the labelled stems outside an official `test` split (which this benchmark never uses); for
+    CamVid, the stems of its train part."""
+    splits = read_doc(dataset).get("splits", {})
+    if "camvid-train" in splits:
+        return sorted(splits["camvid-train"])
     masks = {p.stem for p in (dataset / "masks").glob("*.png")}
     images = {p.stem for p in (dataset / "images").iterdir() if p.is_file()}
-    official_test = set(read_doc(dataset).get("splits", {}).get("test", []))
-    return sorted((masks & images) - official_test)
+    return sorted((masks & images) - set(splits.get("test", [])))
 
 
 def add_splits(dataset: Path, splits: dict[str, list[str]]) -> None:
@@ -98,9 +122,14 @@ def train_and_score(dataset: Path, run: Path, split: str, budget: str, seed: int
     seconds = time.perf_counter() - started
     catseg("evaluate", str(run), str(dataset), "--split", "test", "--out", str(run / "eval-test"), "--force")
     summary = json.loads((run / "eval-test" / "summary.json").read_text())
-    target = summary["classes"][-1]
-    return {"split": split, "seed": seed, "iou": summary["dataset"]["per_class"][target]["iou"],
-            "iou_per_image": summary["per_image"]["per_class"][target]["iou"], "miou": summary["dataset"]["miou"],
+    if len(summary["classes"]) > 2:  # many classes: the class-mean IoU, which rare classes move
+        target, iou, per_image = "class-mean", summary["dataset"]["miou"], summary["per_image"]["miou"]
+    else:
+        target = summary["classes"][-1]
+        iou = summary["dataset"]["per_class"][target]["iou"]
+        per_image = summary["per_image"]["per_class"][target]["iou"]
+    return {"split": split, "seed": seed, "iou": iou, "iou_per_image": per_image, "miou": summary["dataset"]["miou"],
+            "per_class": {c: v["iou"] for c, v in summary["dataset"]["per_class"].items()},
             "class": target, "train_seconds": round(seconds, 1), "test_images": summary["num_images"]}
 
 
@@ -180,6 +209,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Oxford-IIIT Pet sample (release layout)")
     parser.add_argument("--dataset", type=Path, default=None, help="use this catseg dataset folder instead of importing")
+    parser.add_argument("--camvid", action="store_true",
+                        help="CamVid instead of the pets: its val sequence is the test part, class-mean IoU the score")
     parser.add_argument("--test", type=int, default=60, help="held-out photos scored at the end (default: 60)")
     parser.add_argument("--val", type=int, default=20, help="labelled validation photos for training (default: 20)")
     parser.add_argument("--initial", type=int, default=20, help="photos labelled at the start (default: 20)")
@@ -193,8 +224,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"cpu: {cpu_flags()}", flush=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="catseg-active-"))
-    dataset = prepare_dataset(args.data, args.dataset, work)
-    parts, pool = hold_out(stems_of(dataset), {"test": args.test, "val": args.val})
+    dataset = prepare_dataset(args.data, args.dataset, work, args.camvid)
+    if args.camvid:  # the test part is CamVid's own val sequence, set at import
+        parts, pool = hold_out(stems_of(dataset), {"val": args.val})
+        args.test = len(read_doc(dataset)["splits"]["test"])
+    else:
+        parts, pool = hold_out(stems_of(dataset), {"test": args.test, "val": args.val})
     if args.initial + args.add > len(pool):
         sys.exit(f"{len(pool)} photos outside test and val: too few for --initial {args.initial} + --add {args.add}")
     add_splits(dataset, parts)

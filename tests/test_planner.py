@@ -199,6 +199,31 @@ def test_on_a_bf16_cpu_the_pretrained_plan_keeps_the_faster_precision(info, monk
     assert given.config.precision == "bf16" and not any(r.startswith("precision") for r in given.reasons)
 
 
+def test_a_cold_first_bf16_timing_gets_a_second_one_before_fp32_wins(info, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first timing of a process runs cold: bf16 comes out slow once, then faster than fp32.
+    bf16_times = iter([0.40, 0.25])
+
+    def speed(config: TrainConfig, size: int, num_classes: int, repeats: int = 3, channels: int = 3) -> float:
+        if config.precision == "fp32":
+            return 0.30
+        return next(bf16_times, 0.25)
+
+    monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", speed)
+    monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
+    monkeypatch.setattr(planner, "resolve_device", lambda device: torch.device("cpu"))
+    monkeypatch.setattr(planner, "resolve_precision",
+                        lambda precision, device: torch.bfloat16 if precision in ("auto", "bf16") else torch.float32)
+    monkeypatch.setattr(planner, "data_stats", lambda i, s: planner.DataStats(240, 333, 0.38, 0.38))
+    monkeypatch.setattr(planner.lite, "installed", lambda: {"efficientnet-lite0": True})
+    plan = planner.plan_training(TrainConfig(dataset="d", out="r", time_budget="10m"), info, info.stems(), set())
+    why = next(r for r in plan.reasons if r.startswith("precision"))
+    assert plan.config.precision == "auto"
+    assert why == "precision bf16: 0.30s per step at 160px in fp32, 0.25s with bf16 autocast " \
+                  "(bf16 timed twice: 0.40s, then 0.25s)"
+    assert {k: v for k, v in plan.measured.items() if k.endswith(("/bf16", "/fp32"))} == \
+        {"smp-unet/efficientnet-lite0/160/bf16": 0.25, "smp-unet/efficientnet-lite0/160/fp32": 0.3}
+
+
 def test_auto_falls_back_to_the_unet_when_the_pretrained_model_is_too_slow(info, monkeypatch) -> None:
     monkeypatch.setattr(planner, "seconds_per_step", _fake_speed)
     monkeypatch.setattr(plan_pretrained, "pretrained_seconds_per_step", lambda *a, **k: 5.0)  # a very slow machine

@@ -84,8 +84,9 @@ class TrainConfig:
     workers: int = _f(-1, "data-loading worker processes; -1 picks for this machine")
     cache: str = _f("auto", "where decoded images are kept: memory, disk (memory-mapped files, for datasets larger "
                             "than memory) or auto (disk only when memory would not hold them)")
-    no_plan: bool = _f(False, "with --time-budget, do not choose --size, --width, --augment, --lr and "
-                              "--class-weights from the data and a speed measurement (flags you give are always kept)")
+    no_plan: bool = _f(False, "with --time-budget, do not choose the model, encoder, precision, --size, --width, "
+                              "--augment, --lr, class weights, crops, oversampling and prediction scales from the data "
+                              "and a speed measurement (flags you give are always kept)")
     given: list[str] = field(default_factory=list, metadata={
         "help": "names of the settings the user gave explicitly; the planner never changes them", "cli": False})
     checkpoint_every: float = _f(60.0, "seconds between resume checkpoints (one is also written whenever the best "

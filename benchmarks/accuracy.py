@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_flags  # benchmarks/machine.py
+from machine import cpu_flags, parse_series  # benchmarks/machine.py
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford-pets-sample"
 
@@ -103,7 +103,7 @@ def main() -> None:
         specs = [f"custom={args.train_args}"]
     else:
         specs = args.series or ["pretrained (default)=", "from scratch=--model unet"]
-    series_args = dict(spec.split("=", 1) for spec in specs)
+    series_args = parse_series(specs)
     work = args.work or Path(tempfile.mkdtemp(prefix="catseg-accuracy-"))
     dataset = work / "pets"
     if not dataset.exists():

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from active_learning import DEFAULT_DATA, add_splits, hold_out, prepare_dataset, stems_of, train_and_score
-from machine import cpu_flags  # benchmarks/machine.py
+from machine import cpu_flags, parse_series  # benchmarks/machine.py
 
 DEFAULT_SERIES = ["from scratch=--model unet",
                   "pretrained=--model smp-unet --encoder efficientnet-lite0 --encoder-weights imagenet"]
@@ -91,7 +91,7 @@ def main() -> None:
     if sizes[-1] > len(pool) or sizes[0] < 2:
         sys.exit(f"--sizes {args.sizes}: give counts from 2 to {len(pool)} (the photos outside test)")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    series = dict(spec.split("=", 1) for spec in (args.series or DEFAULT_SERIES))
+    series = parse_series(args.series or DEFAULT_SERIES)
     splits = {f"n{n}-s{seed}": stems for seed in seeds for n, stems in subsets(pool, sizes, seed).items()}
     add_splits(dataset, {**parts, **splits})
     print(f"{len(pool)} photos to draw from, {args.test} test; {len(series)} series x {len(sizes)} sizes x "

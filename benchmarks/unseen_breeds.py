@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from active_learning import DEFAULT_DATA, add_splits, catseg, prepare_dataset, stems_of  # benchmarks/
-from machine import cpu_flags  # benchmarks/machine.py
+from machine import cpu_flags, parse_series  # benchmarks/machine.py
 
 
 def breed_of(stem: str) -> str:
@@ -49,6 +49,11 @@ def leave_one_out(stems: list[str], val_fraction: float = 0.2, seed: int = 1234)
     return folds
 
 
+def run_name(series: str) -> str:
+    """Return a folder name for a series' runs: its letters and digits joined by dashes."""
+    return re.sub("[^A-Za-z0-9]+", "-", series).strip("-") or "series"
+
+
 def pet_iou(dataset: Path, run: Path, split: str) -> tuple[float, float, int]:
     """Evaluate a run on a named split; return (pet IoU dataset-wide, per-image mean, images)."""
     out = run / f"eval-{split}"
@@ -60,7 +65,7 @@ def pet_iou(dataset: Path, run: Path, split: str) -> tuple[float, float, int]:
 
 
 def one_fold(dataset: Path, work: Path, breed: str, name: str, flags: list[str], budget: str, seed: int) -> dict:
-    run = work / f"{re.sub('[^A-Za-z0-9]+', '-', name).strip('-')}-no-{breed}"
+    run = work / f"{run_name(name)}-no-{breed}"
     started = time.perf_counter()
     catseg("train", str(dataset), "--out", str(run), "--time-budget", budget, "--train-split", f"train-no-{breed}",
            "--val-split", f"val-no-{breed}", "--seed", str(seed), "--force", *flags)
@@ -106,7 +111,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="keep the dataset and runs here (default: a temp folder)")
     args = parser.parse_args()
-    series = dict(s.split("=", 1) for s in (args.series or ["pretrained (default)=", "from scratch=--model unet"]))
+    series = parse_series(args.series or ["pretrained (default)=", "from scratch=--model unet"])
+    folders = [run_name(name) for name in series]
+    if len(set(folders)) < len(folders):
+        raise SystemExit(f"--series names {list(series)} give the same run folder names {folders}: make them differ in letters or digits")
     print(f"cpu: {cpu_flags()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="catseg-breeds-") as tmp:
         work = args.work or Path(tmp)
